@@ -1,0 +1,110 @@
+"""`DragConfig`: every knob of a drag edit in one place, defaults equal to the official DragDiffusion code.
+
+The official values come from Yujun-Shi/DragDiffusion (`drag_ui.py`, `utils/ui_utils.py`,
+`utils/drag_utils.py`). Fields are grouped by the cache they feed, so `DragSession` can tell which
+cache a change invalidates (see `LORA_FIELDS`, `INVERSION_FIELDS`, `FEATURE_FIELDS`).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+
+
+@dataclass
+class DragConfig:
+    # --- LoRA fine-tune on the input image (cached; see LORA_FIELDS) -----------------------------
+    lora_rank: int = 16
+    """Rank of the LoRA adapters on the attention projections (to_q, to_k, to_v, to_out.0)."""
+    lora_steps: int = 80
+    """Optimizer steps of the LoRA fine-tune; 0 disables LoRA (the base UNet is used)."""
+    lora_lr: float = 5e-4
+    """AdamW learning rate of the LoRA fine-tune."""
+    lora_batch_size: int = 4
+    """Noised copies of the image per LoRA step (each at a random timestep)."""
+
+    # --- DDIM inversion (cached; see INVERSION_FIELDS) ---------------------------------------------
+    n_inference_steps: int = 50
+    """DDIM steps of the full schedule (inversion and denoising use the same schedule)."""
+    inversion_strength: float = 0.7
+    """Fraction of the schedule inverted: the drag happens at step round(strength * n) from clean (t = 35 of 50)."""
+    guidance_scale: float = 1.0
+    """Classifier-free guidance during inversion/denoising of a real image (1.0 = none, as the official code)."""
+
+    # --- drag optimisation (changes here retrain nothing) -----------------------------------------
+    feature_block: int = 2
+    """Decoder features = output of `unet.up_blocks[feature_block]` (official: index 3 of [mid, up0, up1, up2, up3])."""
+    sup_res_scale: float = 0.5
+    """Features are resized bilinearly to this fraction of the image size (the supervision grid)."""
+    r_m: int = 1
+    """Motion-supervision patch radius, in supervision-grid cells."""
+    r_p: int = 3
+    """Point-tracking search radius, in supervision-grid cells."""
+    lam: float = 0.1
+    """Weight of the masked term |(x_{t-1}(z^) - x_{t-1}(z)) * (1 - mask)|.sum()."""
+    drag_lr: float = 0.01
+    """Adam learning rate on the step-t latent."""
+    drag_steps: int = 80
+    """Most optimisation steps `run()` takes."""
+    reach_distance: float = 2.0
+    """A handle has reached its target when their grid distance is below this (official: 2.0, i.e. within one cell)."""
+
+    # --- final denoising --------------------------------------------------------------------------
+    mutual_attention: bool = True
+    """Share self-attention keys/values of the source branch with the edited branch while denoising."""
+    attn_start_layer: int = 10
+    """First transformer block (counted down -> mid -> up) that uses the source keys/values (SD-1.5 has 16)."""
+    attn_start_step: int = 0
+    """First denoising step (0 = the drag step) that uses the source keys/values."""
+
+    # --- bookkeeping ------------------------------------------------------------------------------
+    snapshot_every: int = 5
+    """`history` keeps a copy of the latent every this many steps (for `rewind`); 1 = every step."""
+
+    def replace(self, **changes) -> "DragConfig":
+        unknown = set(changes) - {f.name for f in fields(self)}
+        if unknown:
+            raise TypeError(f"unknown DragConfig field(s) {sorted(unknown)}; known: {[f.name for f in fields(self)]}")
+        new = dataclasses.replace(self, **changes)
+        new.validate()
+        return new
+
+    def validate(self) -> None:
+        """Raise ValueError naming the field, the value and the allowed range."""
+        def need(cond, name, rule):
+            if not cond:
+                raise ValueError(f"DragConfig.{name}={getattr(self, name)!r} is invalid: {rule}")
+        need(self.lora_rank >= 1, "lora_rank", "use a rank >= 1 (official 16)")
+        need(self.lora_steps >= 0, "lora_steps", "use >= 0 (0 = no LoRA; official 80)")
+        need(self.lora_lr > 0, "lora_lr", "use a positive learning rate (official 5e-4)")
+        need(self.lora_batch_size >= 1, "lora_batch_size", "use >= 1 (official 4)")
+        need(self.n_inference_steps >= 2, "n_inference_steps", "use >= 2 (official 50)")
+        need(0.0 < self.inversion_strength < 1.0, "inversion_strength", "use a value in (0, 1) (official 0.7)")
+        need(self.guidance_scale >= 1.0, "guidance_scale", "use >= 1.0 (1.0 = no guidance)")
+        need(self.feature_block >= 0, "feature_block", "use the index of a decoder block (official 2)")
+        need(0.0 < self.sup_res_scale <= 1.0, "sup_res_scale", "use a value in (0, 1] (official 0.5)")
+        need(self.r_m >= 0, "r_m", "use a radius >= 0 (official 1)")
+        need(self.r_p >= 1, "r_p", "use a radius >= 1 (official 3)")
+        need(self.lam >= 0, "lam", "use a weight >= 0 (official 0.1)")
+        need(self.drag_lr > 0, "drag_lr", "use a positive learning rate (official 0.01)")
+        need(self.drag_steps >= 1, "drag_steps", "use >= 1 (official 80)")
+        need(self.reach_distance > 0, "reach_distance", "use a positive distance (official 2.0)")
+        need(self.attn_start_layer >= 0, "attn_start_layer", "use a layer index >= 0 (official 10)")
+        need(self.attn_start_step >= 0, "attn_start_step", "use a step index >= 0 (official 0)")
+        need(self.snapshot_every >= 1, "snapshot_every", "use >= 1")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DragConfig":
+        return cls().replace(**d)
+
+    @property
+    def drag_step_index(self) -> int:
+        """How many DDIM steps are inverted: round(strength * n) (official `n_actual_inference_step`)."""
+        return round(self.inversion_strength * self.n_inference_steps)
+
+
+LORA_FIELDS = ("lora_rank", "lora_steps", "lora_lr", "lora_batch_size")
+INVERSION_FIELDS = ("n_inference_steps", "inversion_strength", "guidance_scale")
+FEATURE_FIELDS = ("feature_block", "sup_res_scale")
