@@ -73,14 +73,15 @@ def _color(i: int, colors=None) -> str:
 
 
 def draw_drags(ax, handles: Sequence, targets: Sequence | None = None, *, current: Sequence | None = None,
-               numbered: bool = True, colors: Sequence[str] | None = None, size: float = 60.0,
-               arrows: bool = True) -> None:
+               numbered: bool = True, colors: Sequence[str] | None = None, labels: Sequence[str] | None = None,
+               size: float = 60.0, arrows: bool = True) -> None:
     """Draw drag pairs on an axes: numbered coloured handles, targets, and handle -> target arrows.
 
     Points are in the axes' data coordinates as ``(x, y)`` (for an ``imshow`` of an image: pixels).
     handles: the drags' start points; targets: where they should go (same length or None);
     current: where point tracking has the handles now (drawn as crosses, arrow from handle to current
-    dashed). Pair ``i`` uses colour ``colors[i]`` (default :data:`DRAG_COLORS`).
+    dashed). Pair ``i`` uses colour ``colors[i]`` (default :data:`DRAG_COLORS`) and label ``labels[i]``
+    (default ``str(i)``).
     """
     handles = [tuple(map(float, p)) for p in handles]
     targets = [tuple(map(float, p)) for p in targets] if targets is not None else [None] * len(handles)
@@ -105,7 +106,7 @@ def draw_drags(ax, handles: Sequence, targets: Sequence | None = None, *, curren
             ax.scatter([c[0]], [c[1]], s=size * 1.2, c=col, marker="X", edgecolors="white", linewidths=0.8,
                        zorder=6, label="current" if i == 0 else None)
         if numbered:
-            ax.annotate(str(i), h, xytext=(4, 4), textcoords="offset points", color="white", fontsize=8,
+            ax.annotate(labels[i] if labels else str(i), h, xytext=(4, 4), textcoords="offset points", color="white", fontsize=8,
                         fontweight="bold", zorder=7,
                         bbox=dict(boxstyle="round,pad=0.15", fc=col, ec="none", alpha=0.85))
 
@@ -267,7 +268,7 @@ def plot_similarity(session_or_feats, handle_index: int = 0, point_xy=None, *, c
 
     Array form: ``plot_similarity(source_chw, current=current_chw, point_rc=(r, c), center_rc=...,
     target_rc=..., r_p=3)`` with grid points; ``current`` defaults to the source,
-    ``center_rc`` (window centre) to ``point_rc``.
+    ``center_rc`` (window centre) to ``point_rc``; ``handle_index`` only picks the colour and label.
     Left: the whole grid; right: the window enlarged with each cell's score.
     """
     if _is_session(session_or_feats):
@@ -313,8 +314,8 @@ def plot_similarity(session_or_feats, handle_index: int = 0, point_xy=None, *, c
                            label=f"tracking window (r_p={r_p})"))
     xy = lambda rc: (float(rc[1]), float(rc[0]))            # grid (row, col) -> axes (x, y)
     draw_drags(ax, [xy(point_rc)], [xy(target_rc)] if target_rc is not None else None,
-               current=[xy(center_rc)] if center_rc is not None and tuple(center_rc) != tuple(point_rc) else None,
-               colors=[DRAG_COLORS[handle_index % len(DRAG_COLORS)]] if point_xy is None else None)
+               current=[xy(center_rc)] if tuple(center_rc) != tuple(point_rc) else None,
+               colors=[_color(handle_index)], labels=[str(handle_index)], numbered=target_rc is not None)
     ax.scatter([best_rc[1]], [best_rc[0]], marker="+", s=120, c="cyan", zorder=8, label="best in window")
     ax.set_title(f"similarity to the source feature at {label}", fontsize=10)
     ax.legend(loc="lower left", fontsize=7, framealpha=0.7)
