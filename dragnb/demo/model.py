@@ -1,0 +1,98 @@
+"""Architecture of the shipped small model: a pixel-space diffusers UNet for the 64×64 shape world.
+
+Pixel codec (fixed, no VAE): latents (B, 3·F², 64/F, 64/F) = `F.pixel_unshuffle(image_in_[-1, 1], F)`,
+decode = `F.pixel_shuffle(latents, F)`. With F = 4: latents (B, 48, 16, 16).
+
+The UNet is a `diffusers.UNet2DConditionModel` with cross-attention transformer blocks (so LoRA on
+to_q/to_k/to_v/to_out.0 and mutual self-attention apply as on Stable Diffusion) and three up blocks
+(DragDiffusion's features come from `unet.up_blocks[2]`, here at 16×16 with 64 channels).
+The prompt is fixed: `prompt_embeds` (1, L, D) drawn once from a seeded normal distribution.
+Training target: v-prediction with the `squaredcos_cap_v2` schedule (epsilon + linear betas gave a
+model that could invert but not sample, see /work/shared/FACTS.md).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+FACTOR = 4
+IMAGE_SIZE = 64
+PROMPT_LEN = 4
+CROSS_ATTENTION_DIM = 128
+
+DEMO_UNET_CONFIG = dict(
+    sample_size=IMAGE_SIZE // FACTOR,
+    in_channels=3 * FACTOR * FACTOR,
+    out_channels=3 * FACTOR * FACTOR,
+    layers_per_block=1,
+    block_out_channels=(64, 128, 256),
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    mid_block_type="UNetMidBlock2DCrossAttn",
+    cross_attention_dim=CROSS_ATTENTION_DIM,
+    attention_head_dim=8,
+    norm_num_groups=32,
+)
+"""16×16 → 8×8 (cross-attn) → 4×4 (mid cross-attn) → 8×8 (cross-attn) → 16×16.
+Transformer blocks counted down → mid → up: down 1, mid 1, up 2 = 4 (SD-1.5 has 16)."""
+
+N_TRANSFORMER_BLOCKS = 4
+
+DEMO_SCHEDULER_CONFIG = dict(
+    num_train_timesteps=1000,
+    beta_schedule="squaredcos_cap_v2",
+    prediction_type="v_prediction",
+    clip_sample=False,
+    set_alpha_to_one=False,
+    steps_offset=1,
+    timestep_spacing="leading",
+)
+
+DEMO_CONFIG_OVERRIDES = dict(
+    # SD-1.5 starts mutual self-attention at transformer block 10 of 16 (its up-path blocks);
+    # this UNet has 4 (down 0, mid 1, up 2, 3): start at its up path.
+    attn_start_layer=2,
+)
+
+
+def build_demo_unet():
+    """A fresh (randomly initialised) UNet2DConditionModel with DEMO_UNET_CONFIG."""
+    from diffusers import UNet2DConditionModel
+    return UNet2DConditionModel(**DEMO_UNET_CONFIG)
+
+
+def build_demo_scheduler():
+    from diffusers import DDIMScheduler
+    return DDIMScheduler(**DEMO_SCHEDULER_CONFIG)
+
+
+def make_prompt_embeds(seed: int = 0) -> torch.Tensor:
+    """The fixed prompt embedding (1, PROMPT_LEN, CROSS_ATTENTION_DIM) float32, N(0, 1) from `seed`."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(1, PROMPT_LEN, CROSS_ATTENTION_DIM, generator=g)
+
+
+def encode(image_bchw: torch.Tensor, factor: int = FACTOR) -> torch.Tensor:
+    """images (B, 3, H, W) in [-1, 1] -> latents (B, 3·f², H/f, W/f)."""
+    if image_bchw.shape[-1] % factor or image_bchw.shape[-2] % factor:
+        raise ValueError(f"image size {tuple(image_bchw.shape[-2:])} is not divisible by the codec factor {factor}")
+    return F.pixel_unshuffle(image_bchw, factor)
+
+
+def decode(latents: torch.Tensor, factor: int = FACTOR) -> torch.Tensor:
+    """latents (B, 3·f², h, w) -> images (B, 3, h·f, w·f) in about [-1, 1]."""
+    return F.pixel_shuffle(latents, factor)
+
+
+def uint8_to_tensor(images) -> torch.Tensor:
+    """(B, H, W, 3) or (H, W, 3) uint8 numpy -> (B, 3, H, W) float32 in [-1, 1]."""
+    t = torch.as_tensor(images)
+    if t.ndim == 3:
+        t = t[None]
+    return t.permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def tensor_to_uint8(images_bchw: torch.Tensor):
+    """(B, 3, H, W) in [-1, 1] -> (B, H, W, 3) uint8 numpy."""
+    x = ((images_bchw.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).cpu().numpy()
