@@ -1,0 +1,119 @@
+"""Motion supervision, point tracking and one optimisation step (pure; testable on synthetic feature maps).
+
+All points here are on the supervision grid, `(row, col)`, as float tensors `points_rc (N, 2)`.
+Feature maps are `feat_bchw (1, C, h, w)`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+
+def sample_patch(feat_bchw: torch.Tensor, center_rc: torch.Tensor, r: int) -> torch.Tensor:
+    """Bilinearly sampled (1, C, 2r+1, 2r+1) patch centred on a (possibly fractional) grid point.
+
+    Differentiable in `feat_bchw`; out-of-grid samples repeat the border (the official code clips the window).
+    """
+    _, _, h, w = feat_bchw.shape
+    offs = torch.arange(-r, r + 1, device=feat_bchw.device, dtype=torch.float32)
+    rows = center_rc[0].float() + offs
+    cols = center_rc[1].float() + offs
+    gy = rows / max(h - 1, 1) * 2 - 1
+    gx = cols / max(w - 1, 1) * 2 - 1
+    grid = torch.stack(torch.meshgrid(gy, gx, indexing="ij")[::-1], dim=-1)[None]  # (1, 2r+1, 2r+1, 2) as (x, y)
+    return F.grid_sample(feat_bchw.float(), grid.to(feat_bchw.device), mode="bilinear", padding_mode="border",
+                         align_corners=True)
+
+
+def motion_supervision_loss(feat_bchw: torch.Tensor, handles_rc: torch.Tensor, targets_rc: torch.Tensor,
+                            r_m: int = 1, reach_distance: float = 2.0) -> torch.Tensor:
+    """Σ_i (2r_m+1)² · L1(sg(F[h_i patch]), F[(h_i + d_i) patch]), d_i the unit vector from handle to target.
+
+    Handles closer than `reach_distance` to their target add nothing (official: 2.0). Returns a scalar.
+    """
+    loss = feat_bchw.new_zeros(())
+    for h, t in zip(handles_rc, targets_rc):
+        delta = (t - h).float()
+        dist = delta.norm()
+        if dist < reach_distance:
+            continue
+        d = delta / dist
+        src = sample_patch(feat_bchw, h, r_m).detach()
+        moved = sample_patch(feat_bchw, h.float() + d, r_m)
+        loss = loss + (2 * r_m + 1) ** 2 * F.l1_loss(src, moved)
+    return loss
+
+
+def mask_loss(x_prev: torch.Tensor, x_prev_0: torch.Tensor, mask_latent: torch.Tensor | None, lam: float) -> torch.Tensor:
+    """lam · |(x_{t-1}(ẑ) − x_{t-1}(z)) · (1 − mask)|.sum(); mask_latent (1, 1, h, w), 1 = may change."""
+    if mask_latent is None or lam == 0:
+        return x_prev.new_zeros(())
+    return lam * ((x_prev - x_prev_0) * (1.0 - mask_latent)).abs().sum()
+
+
+@torch.no_grad()
+def track_points(feat0_bchw: torch.Tensor, feat_bchw: torch.Tensor, handles0_rc: torch.Tensor,
+                 handles_rc: torch.Tensor, r_p: int = 3) -> torch.Tensor:
+    """Nearest neighbour (L1) of each original handle feature F0[h0_i] in the window of radius r_p around h_i.
+
+    Returns new integer handles (N, 2) as floats. Windows are clipped at the grid border.
+    """
+    _, _, h, w = feat0_bchw.shape
+    new = handles_rc.clone().float()
+    for i, (p0, p) in enumerate(zip(handles0_rc, handles_rc)):
+        f0 = feat0_bchw[0, :, int(p0[0]), int(p0[1])]
+        r1, r2 = max(0, int(p[0]) - r_p), min(h, int(p[0]) + r_p + 1)
+        c1, c2 = max(0, int(p[1]) - r_p), min(w, int(p[1]) + r_p + 1)
+        dist = (feat_bchw[0, :, r1:r2, c1:c2] - f0[:, None, None]).abs().sum(0)
+        row, col = divmod(int(dist.argmin()), dist.shape[1])
+        new[i, 0], new[i, 1] = r1 + row, c1 + col
+    return new
+
+
+def all_reached(handles_rc: torch.Tensor, targets_rc: torch.Tensor, reach_distance: float = 2.0) -> bool:
+    """True when every handle is closer than `reach_distance` grid cells to its target."""
+    return bool(((handles_rc.float() - targets_rc.float()).norm(dim=1) < reach_distance).all())
+
+
+@dataclass
+class StepOutput:
+    loss: float
+    motion_loss: float
+    mask_loss: float
+    handles_rc: torch.Tensor
+    reached: bool
+    finite: bool
+
+
+def drag_step(forward: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]], latent: torch.Tensor,
+              optimizer: torch.optim.Optimizer, feat0_bchw: torch.Tensor, x_prev_0: torch.Tensor,
+              handles0_rc: torch.Tensor, handles_rc: torch.Tensor, targets_rc: torch.Tensor,
+              mask_latent: torch.Tensor | None, *, r_m: int, r_p: int, lam: float, reach_distance: float,
+              track: bool) -> StepOutput:
+    """One DragDiffusion iteration on `latent` (a leaf tensor the optimizer owns), as the official loop:
+
+    1. `forward(latent) -> (features on the grid (1, C, h, w), x_{t-1} (1, C, h', w'))`;
+    2. point tracking (skipped on the very first step, `track=False`);
+    3. if every handle reached its target: stop, no update;
+    4. motion supervision + mask term, backward, optimizer step.
+    The optimizer is not stepped when the loss is not finite (`finite=False`): the caller decides what to do.
+    """
+    feat, x_prev = forward(latent)
+    if track:
+        handles_rc = track_points(feat0_bchw, feat.detach(), handles0_rc, handles_rc, r_p)
+    if all_reached(handles_rc, targets_rc, reach_distance):
+        optimizer.zero_grad(set_to_none=True)
+        return StepOutput(0.0, 0.0, 0.0, handles_rc, True, True)
+    l_motion = motion_supervision_loss(feat, handles_rc, targets_rc, r_m, reach_distance)
+    l_mask = mask_loss(x_prev.float(), x_prev_0.float(), mask_latent, lam)
+    loss = l_motion + l_mask
+    finite = bool(torch.isfinite(loss))
+    if finite:
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return StepOutput(float(loss), float(l_motion), float(l_mask), handles_rc, False, finite)

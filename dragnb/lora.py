@@ -1,0 +1,127 @@
+"""Fine-tune a LoRA on one image with peft; keep adapters as plain state dicts; save/load as safetensors.
+
+The base UNet weights are never changed (peft freezes them; only `lora_A`/`lora_B` train). A session
+keeps its adapter weights itself and applies them around each use with `applied(unet, state)`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+
+ADAPTER = "dragnb"
+TARGET_MODULES = ["to_q", "to_k", "to_v", "to_out.0"]
+
+
+def _ensure_adapter(unet, rank: int) -> None:
+    from peft import LoraConfig
+    cfg = getattr(unet, "peft_config", {}).get(ADAPTER)
+    if cfg is not None and cfg.r == rank:
+        return
+    if cfg is not None:
+        unet.delete_adapters(ADAPTER)
+    unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
+                                target_modules=TARGET_MODULES), adapter_name=ADAPTER)
+
+
+def _lora_params(unet):
+    return {n: p for n, p in unet.named_parameters() if "lora_" in n and f".{ADAPTER}." in n}
+
+
+@contextmanager
+def applied(unet, state: dict | None, rank: int | None = None):
+    """Run the block with the UNet carrying exactly the LoRA weights `state` (None: the base UNet)."""
+    if state is None:
+        if getattr(unet, "peft_config", None) and ADAPTER in unet.peft_config:
+            unet.disable_adapters()
+            try:
+                yield unet
+            finally:
+                pass
+        else:
+            yield unet
+        return
+    r = rank or infer_rank(state)
+    _ensure_adapter(unet, r)
+    params = _lora_params(unet)
+    with torch.no_grad():
+        for n, p in params.items():
+            p.copy_(state[n].to(p.device, p.dtype))
+    unet.set_adapter(ADAPTER)
+    unet.enable_adapters()
+    try:
+        yield unet
+    finally:
+        unet.disable_adapters()
+
+
+def infer_rank(state: dict) -> int:
+    for n, v in state.items():
+        if "lora_A" in n:
+            return int(v.shape[0])
+    raise ValueError("the LoRA state has no lora_A weight: it is not a dragnb LoRA")
+
+
+def train_lora(model, z0: torch.Tensor, cond: torch.Tensor, *, rank: int = 16, steps: int = 80, lr: float = 5e-4,
+               batch_size: int = 4, seed: int = 0, callback=None) -> dict:
+    """Fine-tune LoRA adapters so the UNet reconstructs the clean latents z0 (1, C, h, w) (official recipe:
+    random timesteps, the scheduler's training target, MSE, AdamW). Returns the adapter state dict (CPU float32)."""
+    unet, sched = model.unet, model.scheduler
+    _ensure_adapter(unet, rank)
+    gen = torch.Generator().manual_seed(seed)
+    params = _lora_params(unet)
+    with torch.no_grad():  # fresh, seeded initialisation: A gaussian, B zero (the adapter starts as identity)
+        for n, p in params.items():
+            if "lora_A" in n:
+                p.copy_(torch.randn(p.shape, generator=gen) / rank)
+            else:
+                p.zero_()
+    unet.set_adapter(ADAPTER)
+    unet.enable_adapters()
+    for p in params.values():
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(list(params.values()), lr=lr, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
+    unet.train()
+    device = z0.device
+    x0 = z0.float().expand(batch_size, *z0.shape[1:])
+    try:
+        for i in range(steps):
+            noise = torch.randn(x0.shape, generator=gen).to(device)
+            t = torch.randint(0, sched.config.num_train_timesteps, (batch_size,), generator=gen).to(device)
+            noisy = sched.add_noise(x0, noise, t)
+            kind = sched.config.prediction_type
+            target = noise if kind == "epsilon" else sched.get_velocity(x0, noise, t) if kind == "v_prediction" else x0
+            with torch.autocast(device.type, dtype=model.dtype, enabled=model.dtype != torch.float32):
+                pred = unet(noisy.to(model.dtype), t, encoder_hidden_states=cond.expand(batch_size, *cond.shape[1:])).sample
+            loss = F.mse_loss(pred.float(), target.float())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if callback is not None:
+                callback(i + 1, steps, float(loss.detach()))
+    finally:
+        unet.eval()
+        for p in params.values():
+            p.requires_grad_(False)
+        unet.disable_adapters()
+    return {n: p.detach().float().cpu().clone() for n, p in params.items()}
+
+
+def cache_key(model_name: str, image_sha: str, prompt: str, seed: int, **lora_fields) -> str:
+    """What a LoRA depends on: the model, the image, the prompt, the seed and the LoRA settings."""
+    blob = json.dumps(dict(model=model_name, image=image_sha, prompt=prompt, seed=seed, **lora_fields), sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def save_lora(state: dict, path: str, metadata: dict | None = None) -> None:
+    from safetensors.torch import save_file
+    save_file({k: v.contiguous() for k, v in state.items()}, path,
+              metadata={k: str(v) for k, v in (metadata or {}).items()})
+
+
+def load_lora(path: str) -> dict:
+    from safetensors.torch import load_file
+    return load_file(path)
