@@ -2,5 +2,6 @@
 `DragSession`). Importing this package needs ipywidgets and ipycanvas; the algorithm modules never do."""
 from .canvas import DragCanvas
 from .editor import DragEditor
+from .explorer import FeatureExplorer
 
 __all__ = ["DragCanvas", "DragEditor"]
