@@ -56,11 +56,14 @@ class DragEditor(widgets.VBox):
         self._stop_requested = False
         self._syncing = False          # True while the editor copies session state into widgets
         self._last_preview = 0.0
+        self.preview_every_s = PREVIEW_EVERY_S
 
         image = session.image
         self.canvas = DragCanvas(image, drags=session.drags, mask=session.mask, display_size=display_size)
         self.result_view = DragCanvas(image, interactive=False, display_size=self.canvas.display_size)
         self.result_label = widgets.HTML("<b>result</b> (not computed yet)")
+        self.canvas.add_class("dragnb-input")          # CSS hooks (browser tests, user styling)
+        self.result_view.add_class("dragnb-result")
 
         # --- toolbar
         self.mode = widgets.ToggleButtons(options=[("Points", "points"), ("Mask", "mask"), ("Erase", "erase")],
@@ -77,7 +80,7 @@ class DragEditor(widgets.VBox):
         self.brush.observe(lambda c: setattr(self.canvas, "brush_radius", c["new"]), names="value")
         self.view = widgets.ToggleButtons(options=[("Both", "both"), ("Input", "input"), ("Result", "result")],
                                           value="both")
-        self.view.style.button_width = "60px"
+        self.view.style.button_width = "70px"
         self.view.observe(self._on_view, names="value")
 
         def button(name, description, handler, tooltip="", style=""):
@@ -108,6 +111,7 @@ class DragEditor(widgets.VBox):
         self.drag_progress = widgets.IntProgress(value=session.n_steps, min=0, max=max(1, session.config.drag_steps),
                                                  description="drag", layout=widgets.Layout(width="320px"))
         self.status = widgets.HTML("")
+        self.status.add_class("dragnb-status")
         self.details = widgets.Output()   # a traceback of an unexpected error, out of the way
 
         # --- settings
@@ -126,7 +130,7 @@ class DragEditor(widgets.VBox):
 
         self.input_box = widgets.VBox([widgets.HTML("<b>input</b>: click handle, then target"), self.canvas])
         self.result_box = widgets.VBox([self.result_label, self.result_view])
-        views = widgets.HBox([self.input_box, self.result_box])
+        views = widgets.HBox([self.input_box, self.result_box], layout=widgets.Layout(grid_gap="12px", gap="12px"))
         super().__init__([tools, views, actions, widgets.HBox([self.lora_progress, self.drag_progress]),
                           self.status, self.settings_panel, self.details], **kwargs)
 
@@ -163,7 +167,10 @@ class DragEditor(widgets.VBox):
             self.session.set_drags(list(change["new"]))
         except (ValueError, TypeError) as e:
             self.say(str(e), error=True)
+            new, accepted = list(change["new"]), [tuple(map(tuple, d)) for d in self.session.drags]
             self._sync_from_session("drags")
+            if len(new) == len(accepted) + 1 and new[:-1] == accepted and self.canvas.interactive:
+                self.canvas.pending = new[-1][0]     # the refused pair's handle waits for another target
 
     def _on_canvas_mask(self, change):
         if self._syncing:
@@ -348,15 +355,17 @@ class DragEditor(widgets.VBox):
             return self.say("stopped before the first step")
         self._last_preview = time.perf_counter()
         self.drag_progress.max = max(1, self.session.config.drag_steps)
-        records = self.session.run(callback=self._on_record)
+        records = self.session.run(callback=self._on_record, progress=False)
         self._finish(records, "run")
 
     def _on_record(self, record) -> bool:
         """Per-step callback of session.run (worker thread): progress, and now and then a preview."""
+        if self._stop_requested:                     # Stop pressed before run() started listening
+            return False
         self.drag_progress.value = min(record.step, self.drag_progress.max)
         self.say(f"step {record.step}/{self.session.config.drag_steps}: loss {record.loss:.4g}")
         now = time.perf_counter()
-        if now - self._last_preview >= PREVIEW_EVERY_S:
+        if now - self._last_preview >= self.preview_every_s:
             self._show_image(self.session.preview(), f"(preview at step {record.step})", record.handles)
             self._last_preview = time.perf_counter()
         else:
@@ -373,7 +382,7 @@ class DragEditor(widgets.VBox):
         elif s.reached:
             why = "every handle reached its target"
         elif name == "run":
-            why = "step budget used (raise drag steps and Run to go on)"
+            why = "the drag steps are used up (raise 'drag steps' and Run to go on)"
         else:
             why = "one step done"
         self.say(f"{name}: {why}; {s.n_steps} steps, {last}")
