@@ -244,7 +244,7 @@ def random_sd15(device=None, dtype=None, seed: int = 0) -> DragModel:
 # ---- loading -------------------------------------------------------------------------------------
 
 def load_model(name_or_path: str | os.PathLike = "demo", device=None, dtype=None, vae: str | os.PathLike | None = None,
-               local_files_only: bool | None = None) -> DragModel:
+               local_files_only: bool | None = None, config=None, tokenizer=None) -> DragModel:
     """Load a model for dragging.
 
     Args:
@@ -255,6 +255,9 @@ def load_model(name_or_path: str | os.PathLike = "demo", device=None, dtype=None
         vae: optional separate VAE (diffusers folder or hub id), e.g. "stabilityai/sd-vae-ft-mse".
         local_files_only: for hub ids; default: True when HF_HUB_OFFLINE=1, else the cache is tried first and
             the network second.
+        config, tokenizer: for single-file checkpoints only, see `dragnb.checkpoint.load_single_file`: the
+            architecture (a local diffusers folder or a dict like `sd15_configs()`; default SD-1.5's, widths read
+            from the weights) and a CLIP tokenizer folder.
     """
     device, dtype = _pick_device_dtype(device, dtype)
     name = os.fspath(name_or_path)
@@ -269,7 +272,7 @@ def load_model(name_or_path: str | os.PathLike = "demo", device=None, dtype=None
             raise ValueError(f"model file {name!r} is not a .safetensors or .ckpt checkpoint: pass a single-file SD-1.x "
                              "checkpoint, a diffusers folder, 'demo', or a hub id")
         from .checkpoint import load_single_file
-        model = load_single_file(name)
+        model = load_single_file(name, config=config, tokenizer=tokenizer)
     elif name.endswith((".safetensors", ".ckpt")) or name.startswith((".", "/", "~")) or os.sep in name.rstrip("/").split("/", 1)[0]:
         raise ValueError(f"model path {name!r} does not exist: check the path, or use 'demo' (the shipped model)")
     elif name.count("/") == 1 and all(name.split("/")):
@@ -359,13 +362,16 @@ def _load_hub(name: str, local_files_only: bool | None) -> DragModel:
 
 def _load_vae(path: str, local_files_only: bool | None):
     from diffusers import AutoencoderKL
-    if os.path.isdir(path):
-        return AutoencoderKL.from_pretrained(path)
-    if os.path.isfile(path):
-        return AutoencoderKL.from_single_file(path)
+    if os.path.isdir(path):  # a VAE folder, or a pipeline folder with vae/
+        sub = "vae" if os.path.isfile(os.path.join(path, "vae", "config.json")) else None
+        return AutoencoderKL.from_pretrained(path, subfolder=sub)
+    if os.path.isfile(path):  # offline: diffusers' from_single_file would fetch a config from the hub
+        from .checkpoint import load_vae_file
+        return load_vae_file(path)
     from huggingface_hub import snapshot_download
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
     try:
-        folder = snapshot_download(path, local_files_only=bool(local_files_only or os.environ.get("HF_HUB_OFFLINE")))
+        folder = snapshot_download(path, local_files_only=bool(local_files_only or offline))
     except Exception as e:
         raise ValueError(f"VAE {path!r} is neither a local folder/file nor available from the hub: {_hub_hint(path)}") from e
     return AutoencoderKL.from_pretrained(folder)
