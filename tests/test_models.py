@@ -4,7 +4,6 @@ Every model here is built in the test from small configs (`tiny_model`): no hub,
 """
 from __future__ import annotations
 
-import os
 import pickle
 import shutil
 import time
