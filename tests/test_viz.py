@@ -156,3 +156,133 @@ def test_animate_edit_writes_gif(tmp_path, image):
     assert anim is not None
     with Image.open(path) as gif:
         assert gif.n_frames == 4                            # steps 0, 2, 4 and the last one, 5
+
+
+# ------------------------------------------------------------------------------------------
+# a tiny real session: tiny model, 64×64 shape-world image, lora_steps=2, a few drag steps
+# ------------------------------------------------------------------------------------------
+N_STEPS = 3
+
+
+@pytest.fixture(scope="module")
+def session_and_frames():
+    from dragnb import DragSession, tiny_model
+    from dragnb.demo.world import sample_drag
+    model = tiny_model(0)
+    case = sample_drag(3)
+    cfg = model.default_config(lora_steps=2, n_inference_steps=8, drag_steps=N_STEPS, snapshot_every=1)
+    s = DragSession(model, case.image, config=cfg, mask=case.mask)
+    s.add_drag(case.handle, case.target)
+    s.prepare(progress=False)
+    rec = viz.PreviewRecorder(s, every=1)
+    s.run(max_steps=N_STEPS, callback=rec, progress=False)
+    assert s.n_steps == N_STEPS, "the tiny drag reached its target early: pick a longer drag"
+    return s, rec.frames
+
+
+@pytest.fixture
+def session(session_and_frames):
+    return session_and_frames[0]
+
+
+def test_session_plot_features(session):
+    fig = viz.plot_features(session)
+    assert [a.get_title() for a in fig.axes] == ["image", "source features (PCA)", f"current features (step {N_STEPS})"]
+    gh, gw = session.grid_size
+    assert _images(fig.axes[1])[0].shape == (gh, gw, 3) and _images(fig.axes[0])[0].shape == (64, 64, 3)
+    np.testing.assert_allclose(_images(fig.axes[1])[0], viz.pca_rgb(session.features("source"))[0])
+
+
+def test_session_plot_similarity_is_what_tracking_sees(session):
+    import torch
+    from dragnb.drag import track_points
+    fig = viz.plot_similarity(session, handle_index=0)
+    F0, F1 = session.features("source"), session.features("current")
+    h0_rc = session.image_to_grid(session.drags[0][0])
+    np.testing.assert_allclose(_images(fig.axes[0])[0], viz.similarity_map(F1, F0[:, h0_rc[0], h0_rc[1]]), rtol=1e-6)
+    # the window's best cell is where the next tracking step will put the handle
+    h_rc = session.image_to_grid(session.handles[0])
+    tracked = track_points(F0[None], F1[None], torch.tensor([h0_rc], dtype=torch.float32),
+                           torch.tensor([h_rc], dtype=torch.float32), session.config.r_p)[0]
+    assert f"best cell ({int(tracked[0])}, {int(tracked[1])})" in fig.axes[1].get_title()
+    window = [p for p in fig.axes[0].patches if isinstance(p, Rectangle)][0]
+    assert window.get_width() <= 2 * session.config.r_p + 1
+    fig = viz.plot_similarity(session, point_xy=(10, 12))
+    assert "point (10, 12)" in fig.axes[0].get_title()
+    with pytest.raises(ValueError, match="out of range"):
+        viz.plot_similarity(session, handle_index=3)
+
+
+def test_session_plot_trajectories_and_loss(session):
+    fig = viz.plot_trajectories(session)
+    (path,) = [l for l in fig.axes[0].get_lines() if l.get_linestyle() == "-"]
+    expected = [session.drags[0][0]] + [r.handles[0] for r in session.history]
+    np.testing.assert_allclose(path.get_xydata(), expected)
+    fig = viz.plot_loss(session)
+    total, motion, mask = (a.get_lines()[0].get_ydata() for a in fig.axes)
+    np.testing.assert_allclose(total, [r.loss for r in session.history], rtol=1e-6)
+    np.testing.assert_allclose(total, motion + mask, rtol=1e-5)
+    assert mask.max() > 0                                      # the session has a mask: the term is active
+
+
+def test_session_before_after_and_inversion_check(session):
+    fig = viz.plot_before_after(session)
+    np.testing.assert_array_equal(_images(fig.axes[1])[0], np.asarray(session.result()))
+    fig = viz.plot_inversion_check(session)
+    value = viz.psnr(session.image, session.reconstruction())
+    assert fig._suptitle.get_text() == f"inversion check: PSNR {value:.2f} dB"
+
+
+def test_session_animation(tmp_path, session_and_frames):
+    from PIL import Image
+    s, frames = session_and_frames
+    assert sorted(frames) == list(range(N_STEPS + 1))
+    anim = viz.animate_edit(s, tmp_path / "edit.gif", frames=frames)
+    assert anim is not None
+    with Image.open(tmp_path / "edit.gif") as gif:
+        assert gif.n_frames == N_STEPS + 1 and gif.size[0] > 64
+
+
+# ------------------------------------------------------------------------------------------
+# FeatureExplorer gestures (no browser: the handlers are called directly)
+# ------------------------------------------------------------------------------------------
+def test_explorer_click_shows_similarity_of_the_point(session_and_frames):
+    from dragnb.widgets import FeatureExplorer
+    s, frames = session_and_frames
+    ex = FeatureExplorer(s, frames=frames)
+    assert ex.last_figure is None and ex.step == N_STEPS and ex.step_slider.max == N_STEPS
+    ex.on_click_canvas(40 * ex.scale, 24 * ex.scale)           # canvas pixels -> image pixels
+    assert ex.point_xy == (40.0, 24.0) and ex.sim_image.value[:4] == b"\x89PNG"
+    r, c = s.image_to_grid((40, 24))
+    np.testing.assert_allclose(_images(ex.last_figure.axes[0])[0],
+                               viz.similarity_map(s.features("current"), s.features("source")[:, r, c]), rtol=1e-6)
+    ex.on_features_change()
+    ex.features_toggle.value = "source"                        # matching in the source map: peak on the point
+    sim = _images(ex.last_figure.axes[0])[0]
+    assert sim[r, c] == 0.0
+    with pytest.raises(ValueError, match="outside the 64×64 image"):
+        ex.on_click(70, 3)
+    ex.close()
+
+
+def test_explorer_scrubs_history_and_follows_the_session(session_and_frames):
+    from dragnb.widgets import FeatureExplorer
+    s, frames = session_and_frames
+    ex = FeatureExplorer(s, frames=frames)
+    ex.query_select.value = 0                                  # drag 0: window at the handle of the scrubbed step
+    ex.step_slider.value = 1
+    h1 = s.history[0].handles[0]
+    assert ex.handles_at(1) == [h1] and ex.handles_at(0) == [s.drags[0][0]]
+    assert "loss" in ex.info.value and f"{s.history[0].loss:.4g}" in ex.info.value
+    window = [p for p in ex.last_figure.axes[0].patches if isinstance(p, Rectangle)][0]
+    r, c = s.image_to_grid(h1)
+    r0, _, c0, _ = viz.tracking_window((r, c), s.config.r_p, s.grid_size)
+    assert (window.get_x(), window.get_y()) == (c0 - 0.5, r0 - 0.5)
+    np.testing.assert_array_equal(ex._backdrop(), np.asarray(frames[1]))
+    # the session moves on: the slider follows when it was at the end, stays when the user scrubbed
+    ex.step_slider.value = N_STEPS
+    s.rewind(1)
+    assert ex.step_slider.max == N_STEPS - 1 and ex.step == N_STEPS - 1
+    s.step(1)
+    assert ex.step_slider.max == N_STEPS and ex.step == N_STEPS
+    ex.close()
