@@ -111,7 +111,7 @@ class DragCanvas(widgets.VBox):
     def __init__(self, image=None, drags=(), mask=None, display_size=None, interactive=True, **kwargs):
         self._undo: list = []
         self._redo: list = []
-        self._grab = None          # [pair index or -1 for pending, "handle"|"target", state before or None once moved]
+        self._grab = None          # [pair index or -1 for pending, "handle"|"target", state before or None, offset]
         self._stroke = None        # working mask during a brush stroke
         self._last_xy = None       # last brush position, image px
         self._fixed_display = display_size is not None
@@ -276,7 +276,7 @@ class DragCanvas(widgets.VBox):
             return
         p = self._clamp(self.display_to_image(x, y))
         if self._grab is not None:
-            self._move_grabbed(p)
+            self._move_grabbed(self.display_to_image(x, y))
         elif self._stroke is not None:
             self._paint(self._last_xy, p)
             self._last_xy = p
@@ -288,7 +288,7 @@ class DragCanvas(widgets.VBox):
         """Mouse button released at display pixel (x, y): ends a point move or a brush stroke."""
         if self._grab is not None:
             if self.image is not None:
-                self._move_grabbed(self._clamp(self.display_to_image(x, y)))
+                self._move_grabbed(self.display_to_image(x, y))
             self._release_grab()
         elif self._stroke is not None:
             if self.image is not None:
@@ -308,19 +308,22 @@ class DragCanvas(widgets.VBox):
     def _points_down(self, x, y, p):
         hit = self._hit(x, y)
         if hit is not None:
-            self._grab = [hit[0], hit[1], self._state()]   # the state to undo to, once the point moved
+            i, kind = hit
+            q = self.pending if i == -1 else self.drags[i][0 if kind == "handle" else 1]
+            # the state to undo to (once the point moved) and the point's offset from the cursor
+            self._grab = [i, kind, self._state(), (q[0] - p[0], q[1] - p[1])]
             return
         if self.pending is None:
             self._push_undo()
             self.pending = p
             self.say(f"handle {len(self.drags) + 1} at ({p[0]:.0f}, {p[1]:.0f}); now click its target")
             return
-        if abs(p[0] - self.pending[0]) < 1 and abs(p[1] - self.pending[1]) < 1:
-            return self.say("the target is on its handle; click somewhere else for the target", error=True)
         self._push_undo()
-        handle, self.pending = self.pending, None
+        handle = self.pending
+        # say first: an observer refusing the new value (DragEditor) then has the last word
+        self.say(f"drag {len(self.drags) + 1}: ({handle[0]:.0f}, {handle[1]:.0f}) -> ({p[0]:.0f}, {p[1]:.0f})")
+        self.pending = None
         self.drags = self.drags + [(handle, p)]
-        self.say(f"drag {len(self.drags)}: ({handle[0]:.0f}, {handle[1]:.0f}) -> ({p[0]:.0f}, {p[1]:.0f})")
 
     def _hit(self, x, y):
         """(pair index or -1 for the pending handle, 'handle'|'target') of the drawn point under (x, y)."""
@@ -335,8 +338,9 @@ class DragCanvas(widgets.VBox):
                 best, best_d = (i, kind), d
         return best
 
-    def _move_grabbed(self, p):
-        i, kind, before = self._grab
+    def _move_grabbed(self, cursor):
+        i, kind, before, (ox, oy) = self._grab
+        p = self._clamp((cursor[0] + ox, cursor[1] + oy))
         current = self.pending if i == -1 else self.drags[i][0 if kind == "handle" else 1]
         if p == current:
             return
@@ -386,8 +390,8 @@ class DragCanvas(widgets.VBox):
     def _end_stroke(self):
         stroke, self._stroke, self._last_xy = self._stroke, None, None
         self._push_undo()
-        self.mask = stroke
         self.say(f"mask: {int(stroke.sum())} of {stroke.size} pixels may change")
+        self.mask = stroke
 
     # ------------------------------------------------------------------ commands
     def say(self, text: str, error: bool = False) -> None:

@@ -130,7 +130,8 @@ class DragEditor(widgets.VBox):
 
         self.input_box = widgets.VBox([widgets.HTML("<b>input</b>: click handle, then target"), self.canvas])
         self.result_box = widgets.VBox([self.result_label, self.result_view])
-        views = widgets.HBox([self.input_box, self.result_box], layout=widgets.Layout(grid_gap="12px", gap="12px"))
+        self.result_box.layout.margin = "0 0 0 12px"
+        views = widgets.HBox([self.input_box, self.result_box])
         super().__init__([tools, views, actions, widgets.HBox([self.lora_progress, self.drag_progress]),
                           self.status, self.settings_panel, self.details], **kwargs)
 

@@ -1,0 +1,354 @@
+"""DragCanvas and DragEditor driven by simulated canvas events and button clicks (no browser).
+
+Canvas gestures are the widget's own handlers (`on_mouse_down(x, y)` ... in display pixels), so these
+tests walk the same code a browser click does; `tests/browser/` checks the browser end of it.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import traitlets
+
+pytest.importorskip("ipycanvas")
+import ipywidgets as widgets  # noqa: E402
+
+from dragnb.widgets import DragCanvas, DragEditor  # noqa: E402
+
+SIZE = 64
+
+
+def image(w=SIZE, h=SIZE):
+    yy, xx = np.mgrid[:h, :w]
+    img = np.zeros((h, w, 3), np.uint8)
+    img[...] = (30, 60, 90)
+    img[(xx - w // 3) ** 2 + (yy - h // 2) ** 2 < (min(w, h) // 6) ** 2] = (230, 200, 40)
+    return img
+
+
+def click(c, p):
+    """Click at image point p (through the display mapping, as a browser would)."""
+    x, y = c.image_to_display(*p)
+    c.on_mouse_down(x, y)
+    c.on_mouse_up(x, y)
+
+
+def stroke(c, points):
+    xy = [c.image_to_display(*p) for p in points]
+    c.on_mouse_down(*xy[0])
+    for p in xy[1:]:
+        c.on_mouse_move(*p)
+    c.on_mouse_up(*xy[-1])
+
+
+def capsule(p0, p1, r, shape):
+    """Pixels whose centre (col, row) lies within r of the segment p0-p1 (x, y)."""
+    ys, xs = np.mgrid[:shape[0], :shape[1]].astype(float)
+    d = np.subtract(p1, p0).astype(float)
+    dd = float(d @ d)
+    t = np.zeros_like(xs) if dd == 0 else np.clip(((xs - p0[0]) * d[0] + (ys - p0[1]) * d[1]) / dd, 0, 1)
+    return (xs - p0[0] - t * d[0]) ** 2 + (ys - p0[1] - t * d[1]) ** 2 <= r * r
+
+
+# ---------------------------------------------------------------------------------------------- canvas
+def test_click_handle_then_target_makes_a_numbered_pair():
+    c = DragCanvas(image())
+    seen = []
+    c.observe(lambda ch: seen.append(ch["new"]), names="drags")
+    click(c, (10, 20))
+    assert c.pending == (10.0, 20.0) and c.drags == [] and "target" in c.message
+    click(c, (30, 22))
+    assert c.pending is None and c.drags == [((10.0, 20.0), (30.0, 22.0))]
+    click(c, (40, 40))
+    click(c, (50, 45))
+    assert c.drags == [((10.0, 20.0), (30.0, 22.0)), ((40.0, 40.0), (50.0, 45.0))]
+    assert len(seen) == 2, "one drags change per completed pair"
+
+
+@pytest.mark.parametrize("wh, display", [((640, 480), None), ((200, 100), (100, 50)), ((64, 48), None),
+                                         ((100, 60), (333, 187))])
+def test_scaled_display_maps_clicks_back_to_image_pixels(wh, display):
+    w, h = wh
+    c = DragCanvas(image(w, h), display_size=display)
+    dw, dh = c.display_size
+    if display is None:   # large images shrink to fit 512, small ones grow by a whole factor to >= 256
+        assert max(dw, dh) == (512 if max(w, h) > 512 else max(w, h) * -(-256 // max(w, h)))
+        assert abs(dw / w - dh / h) < 0.01
+    assert (c.layers.width, c.layers.height) == (dw, dh)
+    for p in [(0, 0), (w - 1, h - 1), (w / 3, h / 2), (17.25, 9.5)]:
+        x, y = c.image_to_display(*p)
+        assert c.display_to_image(x, y) == pytest.approx(p, abs=1e-9)
+    # the left edge of the canvas is the left edge of pixel 0, the right edge that of pixel w-1
+    assert c.display_to_image(0, 0) == pytest.approx((-0.5, -0.5))
+    assert c.display_to_image(dw, dh) == pytest.approx((w - 0.5, h - 0.5))
+    click(c, (w / 4, h / 3))
+    click(c, (w * 0.75, h * 0.6))
+    (hp, tp), = c.drags
+    assert hp == pytest.approx((w / 4, h / 3), abs=1e-9) and tp == pytest.approx((w * 0.75, h * 0.6), abs=1e-9)
+
+
+def test_bad_clicks_leave_a_message_and_change_nothing():
+    c = DragCanvas(image())
+    click(c, (10, 10))
+    click(c, (30, 10))
+    before = (list(c.drags), c.pending)
+    c.on_mouse_down(-3, 5)
+    assert "outside the 64×64 image" in c.message and c.message_is_error
+    c.on_mouse_down(*c.image_to_display(SIZE + 2, 5))
+    assert "outside" in c.message
+    assert (c.drags, c.pending) == before
+    click(c, (40, 40))                           # a handle
+    click(c, (40.3, 40.2))                       # a click on the waiting handle grabs it, makes no target
+    assert c.pending == (40.0, 40.0) and c.drags == before[0]
+    empty = DragCanvas()
+    empty.on_mouse_down(10, 10)
+    assert "load an image" in empty.message and empty.drags == [] and empty.pending is None
+    viewer = DragCanvas(image(), interactive=False)
+    click(viewer, (10, 10))
+    assert viewer.pending is None and "read-only" in viewer.message
+
+
+def test_moving_a_point_and_undo_redo():
+    c = DragCanvas(image())
+    click(c, (10, 20))
+    click(c, (30, 20))
+    # grab the target 2 display px off its centre, move it in two moves, release: it keeps that offset
+    x, y = c.image_to_display(30, 20)
+    c.on_mouse_down(x + 2, y - 1)                 # within the hit radius
+    c.on_mouse_move(x + 22, y + 19)
+    c.on_mouse_move(x + 42, y + 39)
+    c.on_mouse_up(x + 42, y + 39)
+    assert c.drags == [((10.0, 20.0), (40.0, 30.0))]   # moved by 40x40 display px = 10x10 image px
+    # grab the handle and drop it outside: it is clamped to the image
+    c.on_mouse_down(*c.image_to_display(10, 20))
+    c.on_mouse_move(-40, -40)
+    c.on_mouse_up(-40, -40)
+    assert c.drags == [((0.0, 0.0), (40.0, 30.0))]
+    # a click on a point without moving it is no gesture: nothing to undo for it
+    c.on_mouse_down(*c.image_to_display(40, 30))
+    c.on_mouse_up(*c.image_to_display(40, 30))
+    assert c.undo() and c.drags == [((10.0, 20.0), (40.0, 30.0))]
+    assert c.undo() and c.drags == [((10.0, 20.0), (30.0, 20.0))]
+    assert c.undo() and c.drags == [] and c.pending == (10.0, 20.0)
+    assert c.undo() and c.pending is None
+    assert not c.undo() and "nothing to undo" in c.message
+    assert c.redo() and c.redo() and c.drags == [((10.0, 20.0), (30.0, 20.0))]
+    click(c, (50, 50))                           # a new gesture drops the redo branch
+    assert not c.can_redo
+
+
+def test_brush_stroke_eraser_undo_and_clear():
+    c = DragCanvas(image())
+    c.mode = "mask"
+    c.brush_radius = 3
+    stroke(c, [(10, 30), (20, 30), (40, 30)])
+    assert c.mask.dtype == bool and c.mask.shape == (SIZE, SIZE)
+    assert np.array_equal(c.mask, capsule((10, 30), (40, 30), 3, c.mask.shape))
+    assert c.drags == [] and c.pending is None, "painting makes no points"
+    painted = c.mask.copy()
+    c.mode = "erase"
+    c.brush_radius = 2
+    stroke(c, [(25, 25), (25, 35)])
+    assert np.array_equal(c.mask, painted & ~capsule((25, 25), (25, 35), 2, painted.shape))
+    assert c.undo() and np.array_equal(c.mask, painted)
+    assert c.redo() and not c.mask[30, 25]
+    c.clear_mask()
+    assert c.mask is None
+    assert c.undo() and c.mask is not None
+    # erasing with no mask (= everything may change) starts from everything
+    c.clear_mask()
+    stroke(c, [(5, 5)])
+    assert c.mask.sum() == SIZE * SIZE - capsule((5, 5), (5, 5), 2, (SIZE, SIZE)).sum()
+    # a fast move paints the whole segment in between, not just its ends
+    c.clear_mask()
+    c.mode = "mask"
+    stroke(c, [(5, 60), (60, 60)])
+    assert c.mask[60, 5:61].all()
+
+
+def test_mode_switch_points_vs_mask():
+    c = DragCanvas(image())
+    c.mode = "mask"
+    click(c, (10, 10))
+    assert c.pending is None and c.mask is not None and c.mask[10, 10]
+    c.mode = "points"
+    click(c, (10, 10))
+    assert c.pending == (10.0, 10.0)
+    mask = c.mask.copy()
+    click(c, (30, 30))
+    assert c.drags == [((10.0, 10.0), (30.0, 30.0))] and np.array_equal(c.mask, mask)
+    c.clear_points()
+    assert c.drags == [] and c.mask is not None
+    assert c.undo() and len(c.drags) == 1
+
+
+def test_traits_set_from_code_are_checked():
+    c = DragCanvas(image())
+    c.drags = [[(1, 2), (3, 4)]]
+    assert c.drags == [((1.0, 2.0), (3.0, 4.0))]
+    with pytest.raises(traitlets.TraitError, match=r"drag 0 target \(100.0, 4.0\) is outside the 64×64 image"):
+        c.drags = [((1, 2), (100, 4))]
+    with pytest.raises(traitlets.TraitError, match="needs both a handle and a target"):
+        c.drags = [((1, 2), None)]
+    with pytest.raises(traitlets.TraitError, match=r"mask has shape \(10, 10\)"):
+        c.mask = np.ones((10, 10), bool)
+    assert c.drags == [((1.0, 2.0), (3.0, 4.0))] and c.mask is None, "refused values change nothing"
+    m = np.zeros((SIZE, SIZE), np.uint8)
+    m[5:9, 5:9] = 255
+    c.mask = m
+    assert c.mask.dtype == bool and c.mask.sum() == 16
+    with pytest.raises(traitlets.TraitError):
+        c.brush_radius = 0
+    # a new image of another size drops what no longer fits
+    c.image = image(32, 32)
+    assert c.mask is None and c.drags == [((1.0, 2.0), (3.0, 4.0))] and c.display_size == (256, 256)
+
+
+# ---------------------------------------------------------------------------------------------- editor
+@pytest.fixture(scope="module")
+def model():
+    from dragnb.models import tiny_model
+    return tiny_model(seed=0)
+
+
+@pytest.fixture
+def session(model):
+    from dragnb.session import DragSession
+    s = DragSession(model, image(), seed=0)
+    s.configure(lora_steps=2, drag_steps=3, n_inference_steps=10)
+    return s
+
+
+def test_editor_is_a_box_that_displays_itself(session):
+    e = DragEditor(session)
+    assert isinstance(e, widgets.VBox) and e.canvas in e.input_box.children
+    assert e.canvas.image.shape == (SIZE, SIZE, 3) and e.canvas.display_size == (256, 256)
+    assert {"prepare", "step", "run", "stop", "reset"} <= set(e.buttons) and e.buttons["stop"].disabled
+    assert e.settings["drag_steps"].value == 3 and e.settings["mutual_attention"].value is True
+    e.view.value = "result"
+    assert e.input_box.layout.display == "none" and e.result_box.layout.display is None
+    e.close()
+    assert e._on_session_event not in session._observers
+
+
+def test_canvas_edits_reach_the_session(session):
+    e = DragEditor(session)
+    c = e.canvas
+    click(c, (12, 32))
+    click(c, (40, 32))
+    assert session.drags == [((12.0, 32.0), (40.0, 32.0))]
+    e.mode.value = "mask"                         # the toolbar drives the canvas mode
+    assert c.mode == "mask"
+    e.brush.value = 5
+    stroke(c, [(8, 32), (50, 32)])
+    assert np.array_equal(session.mask, capsule((8, 32), (50, 32), 5, (SIZE, SIZE)))
+    e.buttons["undo"].click()
+    assert session.mask is None
+    e.buttons["redo"].click()
+    assert session.mask is not None
+    e.buttons["clear_points"].click()
+    assert session.drags == [] and c.drags == []
+    e.buttons["clear_mask"].click()
+    assert session.mask is None
+
+
+def test_session_changes_reach_the_canvas(session):
+    e = DragEditor(session)
+    session.add_drag(handle=(10, 10), target=(10, 40))
+    assert e.canvas.drags == [((10.0, 10.0), (10.0, 40.0))]
+    m = np.zeros((SIZE, SIZE), bool)
+    m[:, :32] = True
+    session.set_mask(m)
+    assert np.array_equal(e.canvas.mask, m)
+    session.configure(lam=0.25, r_p=4)
+    assert e.settings["lam"].value == 0.25 and e.settings["r_p"].value == 4
+    assert e.drag_progress.max == 3
+    session.clear_drags()
+    assert e.canvas.drags == []
+
+
+def test_bad_input_becomes_a_status_message(session):
+    e = DragEditor(session)
+    e.buttons["run"].click()                      # no drags yet
+    assert e.wait(30)
+    assert "no drags" in e.status_text and session.n_steps == 0 and not e.busy
+    e.canvas.on_mouse_down(-10, 5)
+    assert "outside" in e.status_text
+    e.settings["r_p"].value = 0                   # out of range: refused, the widget shows the session's value
+    assert "r_p" in e.status_text and session.config.r_p == 3 and e.settings["r_p"].value == 3
+    e.settings["inversion_strength"].value = 1.5
+    assert "inversion_strength" in e.status_text and session.config.inversion_strength == 0.7
+    assert e.settings["inversion_strength"].value == 0.7
+    e.settings["lam"].value = 0.2                 # a good value goes through
+    assert session.config.lam == 0.2
+    # a pair the session refuses (same feature cell; clicks that close would grab the handle, so set it
+    # as a notebook would): message, the canvas goes back to the session's drags, the handle waits
+    e.canvas.drags = [((20, 20), (21, 20))]
+    assert "same feature cell" in e.status_text
+    assert session.drags == [] and e.canvas.drags == [] and e.canvas.pending == (20.0, 20.0)
+    click(e.canvas, (40, 20))
+    assert session.drags == [((20.0, 20.0), (40.0, 20.0))]
+    # a target moved onto its handle: refused, the pair goes back to where it was
+    e.canvas.on_mouse_down(*e.canvas.image_to_display(40, 20))
+    e.canvas.on_mouse_move(*e.canvas.image_to_display(20, 20))
+    e.canvas.on_mouse_up(*e.canvas.image_to_display(20, 20))
+    assert "equals its handle" in e.status_text
+    assert session.drags == e.canvas.drags == [((20.0, 20.0), (40.0, 20.0))]
+    # erasing every editable pixel: the session refuses an empty mask, the canvas keeps the last good one
+    e.mode.value = "mask"
+    stroke(e.canvas, [(30, 30)])
+    good = session.mask
+    e.mode.value = "erase"
+    e.brush.value = e.brush.max
+    stroke(e.canvas, [(0, 0), (63, 0), (63, 63), (0, 63), (0, 0), (63, 63)])
+    assert "no editable pixel" in e.status_text
+    assert np.array_equal(session.mask, good) and np.array_equal(e.canvas.mask, good)
+
+
+def _wait_for(pred, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_run_stop_step_resume_reset(session):
+    session.configure(drag_steps=6)
+    e = DragEditor(session)
+    e.preview_every_s = 0.0                       # a preview after every step
+    click(e.canvas, (16, 32))
+    click(e.canvas, (44, 32))
+    shown_before = e.result_view.image.copy()
+    e.buttons["run"].click()
+    assert e.busy and e.buttons["run"].disabled and not e.buttons["stop"].disabled
+    _wait_for(lambda: session.n_steps >= 1)
+    e.canvas.on_mouse_down(*e.canvas.image_to_display(5, 5))     # the canvas is locked while running
+    assert "busy" in e.canvas.message and e.canvas.pending is None
+    e.buttons["stop"].click()
+    at_stop = session.n_steps
+    assert e.wait(60)
+    assert at_stop <= session.n_steps <= at_stop + 1 < 6, "Stop takes effect within one step"
+    assert "stopped" in e.status_text and not e.buttons["run"].disabled and e.buttons["stop"].disabled
+    assert e.lora_progress.value == e.lora_progress.max == 2
+    assert e.drag_progress.value == session.n_steps
+    assert len(session.history) == session.n_steps and session.drags == [((16.0, 32.0), (44.0, 32.0))]
+    assert not np.array_equal(e.result_view.image, shown_before)
+    assert e.result_view.drags == list(zip(session.handles, session.targets))
+    # Step: one more
+    n = session.n_steps
+    e.buttons["step"].click()
+    assert e.wait(60) and session.n_steps == n + 1 and e.status_text.startswith("step:")
+    # Run resumes up to drag_steps and shows the full result
+    e.buttons["run"].click()
+    assert e.wait(120)
+    assert session.n_steps == 6 or session.reached
+    assert e.status_text.startswith("run:") and e.drag_progress.value == session.n_steps
+    assert np.array_equal(e.result_view.image, np.asarray(session.result()))
+    assert "after" in e.result_label.value
+    counters = dict(session.counters)
+    # Reset: back to the start, caches kept
+    e.buttons["reset"].click()
+    assert session.n_steps == 0 and e.drag_progress.value == 0 and "reset" in e.status_text
+    assert np.array_equal(e.result_view.image, np.asarray(session.image))
+    assert session.counters["lora_trainings"] == counters["lora_trainings"] == 1
