@@ -116,4 +116,4 @@ def drag_step(forward: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    return StepOutput(float(loss), float(l_motion), float(l_mask), handles_rc, False, finite)
+    return StepOutput(float(loss.detach()), float(l_motion.detach()), float(l_mask.detach()), handles_rc, False, finite)
