@@ -99,3 +99,15 @@ def test_bad_input_raises_value_error():
         W.random_scene(0, size=3)
     with pytest.raises(ValueError, match="out of range"):
         W.move_shape(W.random_scene(0), 5, (1, 1))
+
+
+def test_score_edit_baselines():
+    c = W.sample_drag(10**9 + 3)
+    gt = W.score_edit(c.gt_image, c)
+    assert gt["dist"] < 0.5 and gt["iou"] > 0.9 and gt["bg_psnr"] == float("inf")
+    un = W.score_edit(c.image, c)
+    assert abs(un["dist"] - c.drag_length) < 0.5 and un["dist_frac"] > 0.9
+    flat = np.broadcast_to(np.asarray(c.scene.bg0, np.uint8), c.image.shape).copy()
+    assert W.score_edit(flat, c)["lost"]
+    with pytest.raises(ValueError, match="differs"):
+        W.score_edit(c.image[:32], c)

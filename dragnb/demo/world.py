@@ -272,3 +272,49 @@ def random_batch(rng: np.random.Generator, n: int, size: int = 64) -> np.ndarray
     """n scenes with seeds drawn from `rng` (all < 10**9, the training range): (n, size, size, 3) uint8."""
     seeds = rng.integers(0, 10**9, size=n)
     return np.stack([render(random_scene(int(s), size)) for s in seeds])
+
+
+# --------------------------------------------------------------------------------------------------
+# measuring an edit against the ground truth
+
+COLOR_TOLERANCE = 40.0   # RGB distance under which a pixel counts as the dragged shape's colour
+
+
+def segment_shape(image: np.ndarray, case: DragCase, tol: float = COLOR_TOLERANCE) -> np.ndarray:
+    """(H, W) bool: pixels inside the case's mask whose colour is within `tol` of the dragged shape's."""
+    d = np.linalg.norm(image.astype(np.float64) - np.asarray(case.color, np.float64), axis=-1)
+    return (d < tol) & case.mask
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10.0 * math.log10(255.0**2 / mse)
+
+
+def score_edit(image: np.ndarray, case: DragCase) -> dict:
+    """How well `image` (H, W, 3 uint8, the edit's result) matches the case's ground truth.
+
+    dist: distance (px) from the colour-segmented centroid of the shape (inside the mask) to the target
+      (= the moved shape's centroid); if no pixel of the shape's colour is left, the shape counts as not
+      moved (dist = drag length) and `lost` is True.
+    dist_frac: dist / drag length.   iou: IoU of the segmented shape with the true moved shape.
+    bg_psnr: PSNR (dB) of the pixels outside the mask against the input (= the ground truth there).
+    """
+    image = np.asarray(image)
+    if image.shape != case.image.shape:
+        raise ValueError(f"image shape {image.shape} differs from the case's {case.image.shape}: resize the result first")
+    seg = segment_shape(image, case)
+    L = case.drag_length
+    if seg.any():
+        ys, xs = np.nonzero(seg)
+        cx, cy = xs.mean() + 0.5, ys.mean() + 0.5
+        dist = math.hypot(cx - case.target[0], cy - case.target[1])
+        lost = False
+    else:
+        cx = cy = float("nan")
+        dist, lost = L, True
+    gt = shape_mask(case.gt_scene, case.index)
+    iou = float((seg & gt).sum() / max(1, (seg | gt).sum()))
+    out = ~case.mask
+    return dict(dist=float(dist), dist_frac=float(dist / L), iou=iou, bg_psnr=psnr(image[out], case.image[out]),
+                centroid=(float(cx), float(cy)), lost=lost)

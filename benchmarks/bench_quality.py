@@ -1,0 +1,141 @@
+"""Quality of drag edits on the shipped demo model, against the shape world's rendered ground truth.
+
+    python benchmarks/bench_quality.py                 # 50 held-out cases, full method + ablations
+    python benchmarks/bench_quality.py --n 50 --methods full
+    python benchmarks/bench_quality.py --quick         # CI smoke run: 2 cases, full method, 10 drag steps
+
+Each case is `dragnb.demo.world.sample_drag(seed)` with seed >= 10**9 (training scenes use seeds < 10**9):
+the top shape of a scene, handle at its centroid, a drag of 6-25 % of the width, the editable mask
+covering the shape's start and end. Every edit runs through the normal `DragSession` (prepare, run, result).
+
+Measures (see `dragnb.demo.world.score_edit`): where the shape ended up (colour-segmented centroid inside the
+mask) vs the target, in pixels and as a fraction of the drag length; IoU of that segment with the true
+moved shape; PSNR outside the mask against the input. Baselines: the unedited image (the shape did not
+move) and the ground truth itself (checks the measures).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from dragnb.demo.world import sample_drag, score_edit  # noqa: E402
+
+BENCH_SEED0 = 10**9
+
+METHODS = {
+    "full": {},
+    "no LoRA (lora_steps=0)": dict(lora_steps=0),
+    "no mask term (lam=0)": dict(lam=0.0),
+    "no mutual self-attention": dict(mutual_attention=False),
+    "20 drag steps": dict(drag_steps=20),
+}
+SHORT = {"full": "full", "nolora": "no LoRA (lora_steps=0)", "nomask": "no mask term (lam=0)",
+         "nomutual": "no mutual self-attention", "steps20": "20 drag steps"}
+
+
+def run_case(model, case, overrides: dict, seed: int = 0):
+    """One edit through DragSession; returns (result uint8 HxWx3, seconds, steps taken)."""
+    from dragnb import DragSession
+    cfg = model.default_config(**overrides)
+    s = DragSession(model, case.image, seed=seed, config=cfg)
+    s.add_drag(handle=case.handle, target=case.target)
+    s.set_mask(case.mask)
+    t0 = time.perf_counter()
+    s.prepare(progress=False)
+    s.run(progress=False)
+    img = np.asarray(s.result().convert("RGB"))
+    return img, time.perf_counter() - t0, s.n_steps
+
+
+def summarise(rows: list[dict]) -> dict:
+    d = np.array([r["dist"] for r in rows])
+    f = np.array([r["dist_frac"] for r in rows])
+    iou = np.array([r["iou"] for r in rows])
+    bg = np.array([min(r["bg_psnr"], 99.0) for r in rows])
+    out = dict(n=len(rows), dist=float(d.mean()), dist_frac=float(f.mean()), dist_frac_median=float(np.median(f)),
+               iou=float(iou.mean()), bg_psnr=float(np.median(bg)), bg_psnr_mean=float(bg.mean()),
+               lost=int(sum(r["lost"] for r in rows)), within_15pct=float((f <= 0.15).mean()))
+    if "seconds" in rows[0]:
+        out["seconds"] = float(np.mean([r["seconds"] for r in rows]))
+        out["steps"] = float(np.mean([r["steps"] for r in rows]))
+    return out
+
+
+def fmt_table(results: dict) -> str:
+    head = ("| method | n | dist px (mean) | dist / drag (mean) | dist / drag (median) | ≤ 15 % of drag | IoU (mean) "
+            "| bg PSNR dB (median) | shape lost | s/edit | drag steps |")
+    lines = [head, "|" + "---|" * 11]
+    for name, s in results.items():
+        sec = f"{s['seconds']:.1f}" if "seconds" in s else "–"
+        st = f"{s['steps']:.0f}" if "steps" in s else "–"
+        bg = "∞" if s["bg_psnr"] >= 99 else f"{s['bg_psnr']:.1f}"
+        lines.append(f"| {name} | {s['n']} | {s['dist']:.2f} | {s['dist_frac']:.2f} | {s['dist_frac_median']:.2f} | "
+                     f"{100 * s['within_15pct']:.0f} % | {s['iou']:.2f} | {bg} | {s['lost']} | {sec} | {st} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n", type=int, default=50, help="cases for the full method (default 50)")
+    p.add_argument("--n-ablation", type=int, default=None, help="cases for each ablation (default: --n)")
+    p.add_argument("--methods", default="full,nolora,nomask,nomutual,steps20",
+                   help=f"comma-separated subset of {list(SHORT)}")
+    p.add_argument("--quick", action="store_true", help="smoke run: 2 cases, full method, 10 drag steps, 10 LoRA steps")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--json", default=None, help="write per-case rows and the summary here")
+    args = p.parse_args(argv)
+    import torch
+    torch.set_num_threads(args.threads)
+    from dragnb import load_model
+
+    if args.n < 1:
+        raise ValueError(f"--n {args.n} is invalid: use at least 1 case")
+    names = [m.strip() for m in args.methods.split(",") if m.strip()]
+    bad = [m for m in names if m not in SHORT]
+    if bad:
+        raise ValueError(f"--methods has unknown {bad}: choose from {list(SHORT)}")
+    n_full = 2 if args.quick else args.n
+    n_abl = 2 if args.quick else (args.n_ablation or args.n)
+    if args.quick:
+        names = ["full"]
+    model = load_model("demo")
+    cases = [sample_drag(BENCH_SEED0 + i) for i in range(max(n_full, n_abl))]
+    results, rows_all = {}, {}
+    results["unedited input"] = summarise([score_edit(c.image, c) for c in cases[:n_full]])
+    results["ground truth (check)"] = summarise([score_edit(c.gt_image, c) for c in cases[:n_full]])
+    for short in names:
+        name = SHORT[short]
+        ov = dict(METHODS[name])
+        if args.quick:
+            ov.update(drag_steps=10, lora_steps=10)
+        n = n_full if short == "full" else n_abl
+        rows = []
+        for i, c in enumerate(cases[:n]):
+            img, sec, steps = run_case(model, c, ov)
+            r = score_edit(img, c)
+            r.update(seconds=sec, steps=steps, seed=c.seed)
+            rows.append(r)
+            print(f"[{name}] case {i + 1}/{n} seed {c.seed}: dist {r['dist']:.2f} px ({r['dist_frac']:.2f} of "
+                  f"{c.drag_length:.1f}), IoU {r['iou']:.2f}, bg {r['bg_psnr']:.1f} dB, {sec:.1f} s, {steps} steps",
+                  flush=True)
+        results[name] = summarise(rows)
+        rows_all[name] = rows
+    print()
+    print(fmt_table(results))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(dict(summary=results, rows=rows_all, config=model.default_config().to_dict()), fh, indent=1,
+                      default=lambda o: None if isinstance(o, float) and math.isnan(o) else str(o))
+    return results
+
+
+if __name__ == "__main__":
+    main()
