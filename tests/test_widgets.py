@@ -266,6 +266,14 @@ def test_session_changes_reach_the_canvas(session):
     assert e.drag_progress.max == 3
     session.clear_drags()
     assert e.canvas.drags == []
+    session.add_drag(handle=(10, 10), target=(10, 40))
+    session.set_image(image(128, 96))              # a new image: drags and mask cleared, canvas resized
+    assert e.canvas.image.shape == (96, 128, 3) and e.canvas.display_size == (256, 192)
+    assert e.canvas.drags == [] and e.canvas.mask is None
+    assert e.result_view.display_size == (256, 192) and np.array_equal(e.result_view.image, e.canvas.image)
+    click(e.canvas, (100, 80))
+    click(e.canvas, (120, 20))
+    assert session.drags == [((100.0, 80.0), (120.0, 20.0))]
 
 
 def test_bad_input_becomes_a_status_message(session):

@@ -211,6 +211,9 @@ class DragEditor(widgets.VBox):
                     self.canvas.image = self.session.image
                     self.result_view.image = self.session.image
                     self.result_view.display_size = self.canvas.display_size
+                    self.result_label.value = "<b>result</b> (new image)"
+                    w, h = self.canvas.image_size
+                    self.brush.max = max(8, min(w, h) // 4)
                 if [tuple(map(tuple, d)) for d in self.session.drags] != self.canvas.drags:
                     self.canvas.pending = None
                     self.canvas.drags = list(self.session.drags)
