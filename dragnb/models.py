@@ -208,7 +208,7 @@ def tiny_model(seed: int = 0, device=None, dtype=None, prediction_type: str = "e
         max_position_embeddings=77, bos_token_id=512, eos_token_id=513, pad_token_id=513))
     m = DragModel(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=make_byte_tokenizer(),
                   scheduler=_ddim({**SD_SCHEDULER_CONFIG, "prediction_type": prediction_type}), name=f"tiny-{seed}",
-                  config_overrides=dict(attn_start_layer=2))
+                  config_overrides=dict(attn_start_layer=4))  # 10/16 of SD's blocks ~ 4/7
     return m.to(device, dtype)
 
 

@@ -419,16 +419,23 @@ class DragSession:
                         break
                     t0 = time.perf_counter()
                     before = (self._latent.detach().clone(), copy.deepcopy(self._opt.state_dict()), self._handles_rc)
-                    with torch.autocast(m.device.type, dtype=m.dtype, enabled=m.dtype != torch.float32):
-                        so = drag_step(self._forward, self._latent, self._opt, fc["feat0"], fc["x_prev0"],
-                                       self._handles0_rc, self._handles_rc, self._targets_rc, self._get_mask_latent(),
-                                       r_m=c.r_m, r_p=c.r_p, lam=c.lam, reach_distance=c.reach_distance,
-                                       track=self.n_steps > 0)
-                    if not so.finite or not torch.isfinite(self._latent).all():
+                    try:
+                        with torch.autocast(m.device.type, dtype=m.dtype, enabled=m.dtype != torch.float32):
+                            so = drag_step(self._forward, self._latent, self._opt, fc["feat0"], fc["x_prev0"],
+                                           self._handles0_rc, self._handles_rc, self._targets_rc,
+                                           self._get_mask_latent(), r_m=c.r_m, r_p=c.r_p, lam=c.lam,
+                                           reach_distance=c.reach_distance,
+                                           track=self.n_steps > 0)
+                    except RuntimeError as e:  # e.g. Adam's "value cannot be converted ... without overflow"
+                        if "overflow" not in str(e) and "nan" not in str(e).lower():
+                            raise
+                        so = None
+                    if so is None or not so.finite or not torch.isfinite(self._latent).all():
                         self._latent.data.copy_(before[0])
                         self._opt.load_state_dict(before[1])
                         self._handles_rc = before[2]
-                        self.stop_reason = (f"step {self.n_steps + 1} produced a non-finite loss/latent (loss={so.loss}); "
+                        self.stop_reason = (f"step {self.n_steps + 1} produced a non-finite loss/latent "
+                                            f"(loss={so.loss if so else 'overflow'}); "
                                             f"the session keeps the state after step {self.n_steps}. Lower drag_lr "
                                             f"(now {c.drag_lr}) or use float32")
                         raise DragDiverged(self.stop_reason)

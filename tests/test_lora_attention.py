@@ -1,0 +1,82 @@
+"""LoRA leaves the base UNet bit-identical; mutual self-attention keeps the source branch and shares K/V."""
+import numpy as np
+import pytest
+import torch
+
+from dragnb import lora
+from dragnb.attention import mutual_self_attention, self_attention_modules
+from dragnb.models import tiny_model
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model(seed=0)
+
+
+def test_lora_trains_adapters_and_leaves_base_weights_bit_identical(model, tmp_path):
+    unet = model.unet
+    before = {k: v.clone() for k, v in unet.named_parameters()}
+    z0 = torch.randn(1, 4, 8, 8)
+    cond = model.encode_prompt("x")
+    x, t = torch.randn(1, 4, 8, 8), 500
+    with torch.no_grad():
+        out_base = model.unet_forward(x, t, cond)
+    state = lora.train_lora(model, z0, cond, rank=4, steps=3, lr=1e-2, batch_size=2, seed=0)
+    assert state and all("lora_" in k for k in state)
+    assert any(float(v.abs().sum()) > 0 for k, v in state.items() if "lora_B" in k)   # B moved off zero
+    after = dict(unet.named_parameters())
+    for k, v in before.items():                       # names may now sit under base_layer
+        k2 = k if k in after else k.replace(".weight", ".base_layer.weight").replace(".bias", ".base_layer.bias")
+        assert torch.equal(after[k2], v), k
+    with torch.no_grad():
+        assert torch.equal(model.unet_forward(x, t, cond), out_base)          # adapters off outside `applied`
+        with lora.applied(unet, state):
+            out_lora = model.unet_forward(x, t, cond)
+        assert not torch.allclose(out_lora, out_base)
+        assert torch.equal(model.unet_forward(x, t, cond), out_base)
+    p = tmp_path / "a.safetensors"
+    lora.save_lora(state, str(p), {"rank": 4})
+    loaded = lora.load_lora(str(p))
+    with torch.no_grad(), lora.applied(unet, loaded):
+        assert torch.equal(model.unet_forward(x, t, cond), out_lora)
+    # same seed -> same adapters (deterministic)
+    again = lora.train_lora(model, z0, cond, rank=4, steps=3, lr=1e-2, batch_size=2, seed=0)
+    assert all(torch.equal(again[k], state[k]) for k in state)
+
+
+def test_lora_targets_the_attention_projections(model):
+    state = lora.train_lora(model, torch.randn(1, 4, 8, 8), model.encode_prompt(""), rank=2, steps=1, batch_size=1)
+    names = {k.split(".lora_")[0].rsplit(".", 1)[-1] if "to_out" not in k else "to_out.0" for k in state}
+    assert names == {"to_q", "to_k", "to_v", "to_out.0"}
+
+
+def test_mutual_attention_keeps_source_and_copies_it_for_equal_latents(model):
+    cond = model.encode_prompt("x").expand(2, -1, -1)
+    x = torch.randn(1, 4, 8, 8)
+    y = torch.randn(1, 4, 8, 8)
+    with torch.no_grad():
+        plain = model.unet(torch.cat([x, y]), 300, encoder_hidden_states=cond).sample
+        with mutual_self_attention(model.unet, start_step=0, start_layer=0) as ctl:
+            ctl.step = 0
+            mutual = model.unet(torch.cat([x, y]), 300, encoder_hidden_states=cond).sample
+            same = model.unet(torch.cat([x, x]), 300, encoder_hidden_states=cond).sample
+        after = model.unet(torch.cat([x, y]), 300, encoder_hidden_states=cond).sample
+    assert torch.allclose(mutual[0], plain[0], atol=1e-5)        # the source branch is untouched
+    assert not torch.allclose(mutual[1], plain[1], atol=1e-4)     # the edited branch attends to the source
+    assert torch.allclose(same[0], same[1], atol=1e-5)
+    assert torch.equal(after, plain)                              # processors restored
+
+
+def test_mutual_attention_gates_by_layer_and_step(model):
+    n = len(self_attention_modules(model.unet))
+    assert n == 7      # tiny UNet: 2 down + 1 mid + 2×2 up transformer blocks (SD-1.5: 6 + 1 + 9 = 16)
+    cond = model.encode_prompt("x").expand(2, -1, -1)
+    xy = torch.randn(2, 4, 8, 8)
+    with torch.no_grad():
+        plain = model.unet(xy, 300, encoder_hidden_states=cond).sample
+        with mutual_self_attention(model.unet, start_step=0, start_layer=n):
+            beyond = model.unet(xy, 300, encoder_hidden_states=cond).sample
+        with mutual_self_attention(model.unet, start_step=5, start_layer=0) as ctl:
+            ctl.step = 4
+            early = model.unet(xy, 300, encoder_hidden_states=cond).sample
+    assert torch.allclose(beyond, plain, atol=1e-5) and torch.allclose(early, plain, atol=1e-5)
