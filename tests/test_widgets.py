@@ -330,6 +330,7 @@ def test_run_stop_step_resume_reset(session):
     shown_before = e.result_view.image.copy()
     e.buttons["run"].click()
     assert e.busy and e.buttons["run"].disabled and not e.buttons["stop"].disabled
+    assert e.buttons["clear_points"].disabled and e.buttons["undo"].disabled and e.settings["lam"].disabled
     _wait_for(lambda: session.n_steps >= 1)
     e.canvas.on_mouse_down(*e.canvas.image_to_display(5, 5))     # the canvas is locked while running
     assert "busy" in e.canvas.message and e.canvas.pending is None
@@ -338,6 +339,7 @@ def test_run_stop_step_resume_reset(session):
     assert e.wait(60)
     assert at_stop <= session.n_steps <= at_stop + 1 < 6, "Stop takes effect within one step"
     assert "stopped" in e.status_text and not e.buttons["run"].disabled and e.buttons["stop"].disabled
+    assert not e.buttons["clear_points"].disabled and not e.settings["lam"].disabled and e.canvas.interactive
     assert e.lora_progress.value == e.lora_progress.max == 2
     assert e.drag_progress.value == session.n_steps
     assert len(session.history) == session.n_steps and session.drags == [((16.0, 32.0), (44.0, 32.0))]

@@ -320,8 +320,8 @@ class DragEditor(widgets.VBox):
             self._set_busy(False, name)
 
     def _set_busy(self, busy: bool, name: str) -> None:
-        for key in ("prepare", "step", "run", "reset"):
-            self.buttons[key].disabled = busy
+        for key in ("prepare", "step", "run", "reset", "undo", "redo", "clear_points", "clear_mask"):
+            self.buttons[key].disabled = busy       # no edits under a running job (Stop first)
         self.buttons["stop"].disabled = not (busy and name in ("run", "step"))
         for wdg in self.settings.values():
             wdg.disabled = busy
