@@ -261,6 +261,10 @@ def test_session_changes_reach_the_canvas(session):
     m[:, :32] = True
     session.set_mask(m)
     assert np.array_equal(e.canvas.mask, m)
+    e.canvas.on_mouse_down(*e.canvas.image_to_display(50, 50))   # a handle waiting on the canvas ...
+    session.add_drag(handle=(30, 10), target=(30, 40))            # ... stays when a cell adds a drag
+    assert e.canvas.pending == (50.0, 50.0) and len(e.canvas.drags) == 2
+    session.remove_drag(1)
     session.configure(lam=0.25, r_p=4)
     assert e.settings["lam"].value == 0.25 and e.settings["r_p"].value == 4
     assert e.drag_progress.max == 3
@@ -362,3 +366,8 @@ def test_run_stop_step_resume_reset(session):
     assert session.n_steps == 0 and e.drag_progress.value == 0 and "reset" in e.status_text
     assert np.array_equal(e.result_view.image, np.asarray(session.image))
     assert session.counters["lora_trainings"] == counters["lora_trainings"] == 1
+    # steps and resets done in a cell show up too
+    session.step(2)
+    assert e.drag_progress.value == 2 and e.result_view.drags == list(zip(session.handles, session.targets))
+    session.reset()
+    assert e.drag_progress.value == 0 and e.result_view.drags == [((16.0, 32.0), (44.0, 32.0))]

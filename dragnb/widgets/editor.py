@@ -54,7 +54,7 @@ class DragEditor(widgets.VBox):
         self.last_error = None
         self._worker = None
         self._stop_requested = False
-        self._syncing = False          # True while the editor copies session state into widgets
+        self._local = threading.local()  # .syncing: True while this thread copies session state into widgets
         self._last_preview = 0.0
         self.preview_every_s = PREVIEW_EVERY_S
 
@@ -202,9 +202,13 @@ class DragEditor(widgets.VBox):
             return
         self._sync_from_session(event)
 
+    @property
+    def _syncing(self) -> bool:
+        return getattr(self._local, "syncing", False)
+
     def _sync_from_session(self, event: str) -> None:
         s = self._syncing
-        self._syncing = True
+        self._local.syncing = True
         try:
             if event in ("drags", "image", "reset"):
                 if event == "image":
@@ -215,9 +219,10 @@ class DragEditor(widgets.VBox):
                     w, h = self.canvas.image_size
                     self.brush.max = max(8, min(w, h) // 4)
                 if [tuple(map(tuple, d)) for d in self.session.drags] != self.canvas.drags:
-                    self.canvas.pending = None
                     self.canvas.drags = list(self.session.drags)
                 self._show_handles()
+            if event == "reset":
+                self._show_image(self.session.image, "(reset: showing the input)")
             if event in ("mask", "image"):
                 self.canvas.mask = self.session.mask
             if event == "config":
@@ -225,13 +230,14 @@ class DragEditor(widgets.VBox):
                     wdg.value = getattr(self.session.config, field)
                 self.lora_progress.max = max(1, self.session.config.lora_steps)
                 self.drag_progress.max = max(1, self.session.config.drag_steps)
-            if event in ("reset", "rewind"):
-                self.drag_progress.value = min(self.session.n_steps, self.drag_progress.max)
+            if event == "rewind":
                 self._show_handles()
             if event == "prepare":
                 self.lora_progress.value = self.lora_progress.max
+            # new drags, a reset, a rewind, a setting that invalidates the inversion: all move the step count
+            self.drag_progress.value = min(self.session.n_steps, self.drag_progress.max)
         finally:
-            self._syncing = s
+            self._local.syncing = s
 
     def _show_handles(self, handles=None):
         """Draw current handles -> targets on the result view."""
@@ -288,11 +294,9 @@ class DragEditor(widgets.VBox):
         if self.busy:
             return self.say("busy: press Stop first", error=True)
         try:
-            self.session.reset()
+            self.session.reset()            # its "reset" event updates the result view and progress
         except (ValueError, TypeError) as e:
             return self.say(str(e), error=True)
-        self._show_image(self.session.image, "(reset: showing the input)")
-        self.drag_progress.value = 0
         self.say("reset: back to the start; Run starts over")
 
     # --- background jobs
