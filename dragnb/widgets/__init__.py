@@ -4,4 +4,4 @@ from .canvas import DragCanvas
 from .editor import DragEditor
 from .explorer import FeatureExplorer
 
-__all__ = ["DragCanvas", "DragEditor"]
+__all__ = ["DragCanvas", "DragEditor", "FeatureExplorer"]
