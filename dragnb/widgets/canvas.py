@@ -152,6 +152,12 @@ class DragCanvas(widgets.VBox):
                 self.drags = []
         self._draw_image()
 
+    @traitlets.observe("mode")
+    def _mode_changed(self, change):
+        with _DRAW_LOCK:
+            self.layers[3].clear()      # no brush cursor left over in points mode
+        self._grab = self._stroke = None
+
     @traitlets.observe("display_size")
     def _display_size_changed(self, change):
         w, h = change["new"]
