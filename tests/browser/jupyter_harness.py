@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -27,7 +26,7 @@ CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-b
 
 def missing_requirements() -> str | None:
     """Why the browser test cannot run here, or None when it can."""
-    if not (os.path.exists(CHROMIUM) or shutil.which("chromium")):
+    if not os.path.exists(CHROMIUM):
         return f"no chromium at {CHROMIUM} (run .ci/install_browser.sh: apt-get install -y chromium)"
     for module, pip_name in (("playwright", "playwright"), ("jupyterlab", "jupyterlab"),
                              ("websocket", "websocket-client"), ("ipykernel", "ipykernel")):
