@@ -304,7 +304,7 @@ def test_tiny_model_geometry(tiny):
 def test_default_config_overrides(tiny):
     base = DragConfig()
     c = tiny.default_config()
-    assert c.attn_start_layer == 2 and base.attn_start_layer == 10  # the tiny model's override
+    assert c.attn_start_layer == 4 and base.attn_start_layer == 10  # the tiny model's override
     assert c.replace(attn_start_layer=base.attn_start_layer) == base  # and nothing else changed
     c2 = tiny.default_config(attn_start_layer=1, drag_steps=5)
     assert (c2.attn_start_layer, c2.drag_steps, c2.lora_rank) == (1, 5, base.lora_rank)
