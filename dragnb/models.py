@@ -170,12 +170,13 @@ def make_byte_tokenizer(model_max_length: int = 77):
     vocab.update({c + "</w>": 256 + i for i, c in enumerate(chars)})
     vocab["<|startoftext|>"] = 512
     vocab["<|endoftext|>"] = 513
-    d = tempfile.mkdtemp(prefix="dragnb_tok_")
-    with open(os.path.join(d, "vocab.json"), "w") as f:
-        json.dump(vocab, f)
-    with open(os.path.join(d, "merges.txt"), "w") as f:
-        f.write("#version: 0.2\n")
-    return CLIPTokenizer(os.path.join(d, "vocab.json"), os.path.join(d, "merges.txt"), model_max_length=model_max_length)
+    with tempfile.TemporaryDirectory(prefix="dragnb_tok_") as d:   # read at construction, then removed
+        with open(os.path.join(d, "vocab.json"), "w") as f:
+            json.dump(vocab, f)
+        with open(os.path.join(d, "merges.txt"), "w") as f:
+            f.write("#version: 0.2\n")
+        return CLIPTokenizer(os.path.join(d, "vocab.json"), os.path.join(d, "merges.txt"),
+                             model_max_length=model_max_length)
 
 
 def _ddim(config: dict):
