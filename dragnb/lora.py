@@ -25,6 +25,8 @@ def _ensure_adapter(unet, rank: int) -> None:
         unet.delete_adapters(ADAPTER)
     unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
                                 target_modules=TARGET_MODULES), adapter_name=ADAPTER)
+    for p in _lora_params(unet).values():   # adapters train in float32 even on a float16 UNet (peft casts inputs)
+        p.data = p.data.float()
 
 
 def _lora_params(unet):
@@ -37,12 +39,7 @@ def applied(unet, state: dict | None, rank: int | None = None):
     if state is None:
         if getattr(unet, "peft_config", None) and ADAPTER in unet.peft_config:
             unet.disable_adapters()
-            try:
-                yield unet
-            finally:
-                pass
-        else:
-            yield unet
+        yield unet
         return
     r = rank or infer_rank(state)
     _ensure_adapter(unet, r)

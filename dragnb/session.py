@@ -66,8 +66,8 @@ class DragSession:
 
     def __init__(self, model, image, prompt: str = "", seed: int = 0, config: DragConfig | None = None, mask=None):
         self.model = model
-        self.prompt = str(prompt)
-        self.seed = int(seed)
+        self._prompt = str(prompt)
+        self._seed = int(seed)
         cfg = config if config is not None else model.default_config()
         cfg.validate()
         self._config = cfg
@@ -105,6 +105,31 @@ class DragSession:
     @property
     def config(self) -> DragConfig:
         return self._config
+
+    @property
+    def prompt(self) -> str:
+        return self._prompt
+
+    @prompt.setter
+    def prompt(self, value: str) -> None:
+        """A new prompt needs a new LoRA and inversion (cached per prompt): the optimisation restarts."""
+        with self._lock:
+            if str(value) != self._prompt:
+                self._prompt = str(value)
+                self._reset_state()
+        self._emit("config")
+
+    @property
+    def seed(self) -> int:
+        return self._seed
+
+    @seed.setter
+    def seed(self, value: int) -> None:
+        with self._lock:
+            if int(value) != self._seed:
+                self._seed = int(value)
+                self._reset_state()
+        self._emit("config")
 
     @property
     def geometry(self) -> Geometry:
@@ -613,7 +638,7 @@ class DragSession:
         ch = model.unet.config.in_channels
         z_T = torch.randn((1, ch, *geom.latent_hw), generator=g).to(model.device)
         s = cls.__new__(cls)
-        s.model, s.prompt = model, str(prompt)
+        s.model, s._prompt = model, str(prompt)
         s._config = cfg
         fn = DragSession._unet_fn(s, cfg.guidance_scale)
         lats = ddim.sample(fn, model.scheduler, z_T, cfg.n_inference_steps)

@@ -264,3 +264,14 @@ def test_nan_stops_and_keeps_the_last_good_state(model):
     assert s.n_steps == 2 and torch.equal(s._latent.detach(), good)
     s.configure(drag_lr=0.01)
     assert len(s.step(1)) == 1
+
+
+def test_changing_the_prompt_restarts_the_optimisation_and_retrains(model):
+    s = session(model)
+    s.step(2)
+    events = []
+    s.observe(events.append)
+    s.prompt = "something else"
+    assert s.n_steps == 0 and events == ["config"]
+    s.step(1)
+    assert s.counters["lora_trainings"] == 2
