@@ -23,7 +23,7 @@ from matplotlib.patches import Rectangle
 __all__ = [
     "DRAG_COLORS", "draw_drags", "pca_rgb", "similarity_map", "tracking_window", "psnr",
     "plot_features", "plot_similarity", "plot_trajectories", "plot_loss", "plot_before_after",
-    "plot_inversion_check", "PreviewRecorder", "animate_edit", "figure_to_png",
+    "plot_inversion_check", "PreviewRecorder", "animate_edit", "figure_to_png", "VizFigure",
 ]
 
 # One colour per drag pair (handle, target, arrow and trajectory share it).
@@ -200,6 +200,17 @@ def figure_to_png(fig: Figure, dpi: int | None = None) -> bytes:
     return buf.getvalue()
 
 
+class VizFigure(Figure):
+    """A plain :class:`~matplotlib.figure.Figure` that also shows itself in Jupyter without pyplot.
+
+    IPython renders a bare ``Figure`` as PNG only once pyplot (the inline backend) is loaded; this adds
+    ``_repr_png_`` (Agg) so ``viz.plot_*(...)`` as a cell's last line always displays the figure.
+    """
+
+    def _repr_png_(self) -> bytes:
+        return figure_to_png(self)
+
+
 def _records(session_or_history) -> list:
     """A session's history or a list of StepRecords / dicts -> list of dicts with the record fields."""
     hist = session_or_history.history if hasattr(session_or_history, "history") else session_or_history
@@ -245,7 +256,7 @@ def plot_features(session_or_feats, current=None, *, image=None, n_components: i
     panels = ([("image", _image_hw3(image))] if image is not None else []) + [("source features (PCA)", maps[0])]
     if current is not None:
         panels.append((title_cur, maps[1]))
-    fig = Figure(figsize=figsize or (3.2 * len(panels), 3.4), layout="constrained")
+    fig = VizFigure(figsize=figsize or (3.2 * len(panels), 3.4), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(panels)))
     for ax, (title, arr) in zip(axes, panels):
         ax.imshow(arr, interpolation="nearest")
@@ -306,7 +317,7 @@ def plot_similarity(session_or_feats, handle_index: int = 0, point_xy=None, *, c
     br, bc = np.unravel_index(np.argmax(win), win.shape)
     best_rc = (r0 + br, c0 + bc)
 
-    fig = Figure(figsize=figsize or (8.4, 4.0), layout="constrained")
+    fig = VizFigure(figsize=figsize or (8.4, 4.0), layout="constrained")
     ax, axz = fig.subplots(1, 2)
     im = ax.imshow(sim, cmap="magma", interpolation="nearest")
     fig.colorbar(im, ax=ax, shrink=0.8, label="−L1 distance")
@@ -357,7 +368,7 @@ def plot_trajectories(session_or_image, trajectories=None, targets=None, *, figs
         if trajectories.ndim != 3 or trajectories.shape[-1] != 2:
             raise ValueError(f"trajectories must be (n_steps+1, n_handles, 2), got shape {trajectories.shape}")
     img = _image_hw3(image)
-    fig = Figure(figsize=figsize or (4.6, 4.8), layout="constrained")
+    fig = VizFigure(figsize=figsize or (4.6, 4.8), layout="constrained")
     ax = fig.subplots()
     ax.imshow(img)
     n_h = trajectories.shape[1]
@@ -382,7 +393,7 @@ def plot_loss(session_or_history, *, figsize=None) -> Figure:
     recs = _records(session_or_history)
     steps = np.array([r["step"] for r in recs], dtype=float)
     get = lambda k: np.array([np.nan if r.get(k) is None else float(r[k]) for r in recs], dtype=float)
-    fig = Figure(figsize=figsize or (9.0, 3.0), layout="constrained")
+    fig = VizFigure(figsize=figsize or (9.0, 3.0), layout="constrained")
     axes = fig.subplots(1, 3)
     for ax, key, title, col in zip(axes, ("loss", "motion_loss", "mask_loss"),
                                    ("total loss", "motion supervision", "mask term"),
@@ -414,7 +425,7 @@ def plot_before_after(session_or_image, result=None, *, drags=None, handles=None
         if result is None:
             raise ValueError("pass result=<image> with the array form")
     drags = list(drags or [])
-    fig = Figure(figsize=figsize or (8.0, 4.2), layout="constrained")
+    fig = VizFigure(figsize=figsize or (8.0, 4.2), layout="constrained")
     a, b = fig.subplots(1, 2)
     a.imshow(_image_hw3(image))
     if drags:
@@ -442,7 +453,7 @@ def plot_inversion_check(session_or_image, reconstruction=None, *, figsize=None)
             raise ValueError("pass reconstruction=<image> with the array form")
     a, b = _image_hw3(image), _image_hw3(reconstruction)
     value = psnr(a, b)
-    fig = Figure(figsize=figsize or (7.0, 3.9), layout="constrained")
+    fig = VizFigure(figsize=figsize or (7.0, 3.9), layout="constrained")
     x, y = fig.subplots(1, 2)
     x.imshow(a)
     _clean_axes(x, "input")
@@ -519,7 +530,7 @@ def animate_edit(session_or_image, path=None, every: int = 1, *, frames=None, tr
         steps.append(n)
     losses = np.array([float(r["loss"]) if r.get("loss") is not None else np.nan for r in recs])
 
-    fig = Figure(figsize=figsize or (7.6, 3.8), layout="constrained")
+    fig = VizFigure(figsize=figsize or (7.6, 3.8), layout="constrained")
     FigureCanvasAgg(fig)
     ax, axl = fig.subplots(1, 2, width_ratios=[1.1, 1.0])
 
