@@ -19,6 +19,7 @@ from typing import Iterable, Sequence
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
+from matplotlib.ticker import MaxNLocator
 
 __all__ = [
     "DRAG_COLORS", "draw_drags", "pca_rgb", "similarity_map", "tracking_window", "psnr",
@@ -401,6 +402,7 @@ def plot_loss(session_or_history, *, figsize=None) -> Figure:
         ax.plot(steps, get(key), "-o", ms=2.5, color=col, lw=1.2)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     if not recs:
         for ax in axes:
