@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 WEIGHTS = ROOT / "dragnb" / "demo" / "weights"
 EXECUTED = ["01_quickstart.ipynb", "02_step_by_step.ipynb", "03_how_dragdiffusion_works.ipynb"]
+MIN_IMAGES = {"01_quickstart.ipynb": 2, "02_step_by_step.ipynb": 8, "03_how_dragdiffusion_works.ipynb": 9}
 TIMEOUT_S = int(os.environ.get("DRAGNB_NOTEBOOK_TIMEOUT", "600"))   # whole notebook; a cell has the same bound
 
 nbformat = pytest.importorskip("nbformat", reason="pip install nbformat nbclient ipykernel to run notebook tests")
@@ -70,9 +71,9 @@ def test_notebook_runs(name, model_env, tmp_path):
     print(f"{name}: {seconds:.0f} s on model {model_env!r}")
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
     assert not errors
-    # every figure-producing cell produced an image (viz returns Figures that display as PNG)
+    # the figure cells displayed images (viz returns Figures that display as PNG even without pyplot)
     pngs = sum("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
-    assert pngs >= 3, f"{name} displayed only {pngs} images"
+    assert pngs >= MIN_IMAGES[name], f"{name} displayed {pngs} images, expected at least {MIN_IMAGES[name]}"
 
 
 @pytest.mark.parametrize("path", sorted(NOTEBOOKS.glob("*.ipynb")), ids=lambda p: p.name)
