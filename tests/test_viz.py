@@ -292,3 +292,19 @@ def test_explorer_scrubs_history_and_follows_the_session(session_and_frames):
 def test_figures_display_without_pyplot():
     fig = viz.plot_loss(_hist())
     assert isinstance(fig, Figure) and fig._repr_png_()[:4] == b"\x89PNG"
+
+
+def test_explorer_follow_off_skips_redraws(session_and_frames):
+    from dragnb.widgets import FeatureExplorer
+    s, frames = session_and_frames
+    ex = FeatureExplorer(s, frames=frames)
+    ex.on_click(30, 30)
+    ex.follow.value = False
+    drawn = ex.last_figure
+    s.rewind(1)                                                 # slider follows, figures are not redrawn
+    assert ex.step_slider.max == N_STEPS - 1 and ex.last_figure is drawn
+    s.step(1)
+    assert ex.step_slider.max == N_STEPS and ex.last_figure is drawn
+    ex.on_step_change()                                         # a user gesture redraws
+    assert ex.last_figure is not drawn
+    ex.close()

@@ -42,6 +42,7 @@ class FeatureExplorer(W.VBox):
         self.scale = int(scale) if scale else max(1, 256 // max(w, h))
         self.point_xy = None
         self.last_figure = None
+        self._syncing = False
 
         self.canvas = Canvas(width=w * self.scale, height=h * self.scale,
                              layout=W.Layout(width=f"{w * self.scale}px", height=f"{h * self.scale}px"))
@@ -54,12 +55,14 @@ class FeatureExplorer(W.VBox):
         self.step_slider = W.IntSlider(description="step", min=0, max=len(session.history), value=len(session.history),
                                        continuous_update=False, layout=W.Layout(width="420px"))
         self.info = W.HTML()
+        self.follow = W.Checkbox(value=True, description="redraw on every session change", indent=False,
+                                 layout=W.Layout(width="240px"))
         self.query_select.observe(self.on_query_change, names="value")
         self.features_toggle.observe(self.on_features_change, names="value")
         self.step_slider.observe(self.on_step_change, names="value")
         session.observe(self.on_session_event)
         super().__init__([
-            W.HBox([self.query_select, self.features_toggle]),
+            W.HBox([self.query_select, self.features_toggle, self.follow]),
             W.HBox([self.canvas, self.sim_image]),
             W.HBox([self.step_slider, self.info]),
             self.loss_image,
@@ -101,27 +104,42 @@ class FeatureExplorer(W.VBox):
             self.refresh()
 
     def on_query_change(self, change=None):
-        self.refresh()
+        if not self._syncing:
+            self.refresh()
 
     def on_features_change(self, change=None):
         self.draw_similarity()
 
     def on_step_change(self, change=None):
-        self.refresh()
+        if not self._syncing:
+            self.refresh()
 
     def on_session_event(self, event: str):
-        """Keep the slider and the query list in step with the session (new steps, rewind, drags)."""
+        """Keep the slider and the query list in step with the session (new steps, rewind, drags, image).
+
+        With ``follow`` unticked only the slider range is updated (no feature pass, no figures): cheaper
+        while a long ``run()`` is going on; ``refresh()`` or moving the slider redraws."""
+        if event == "image":
+            w, h = self.session.size
+            self.point_xy, self.frames = None, {}
+            self.canvas.width, self.canvas.height = w * self.scale, h * self.scale
+            self.canvas.layout.width, self.canvas.layout.height = f"{w * self.scale}px", f"{h * self.scale}px"
         n = len(self.session.history)
-        at_end = self.step_slider.value >= self.step_slider.max
-        self.step_slider.max = n
-        if at_end or self.step_slider.value > n:
-            self.step_slider.value = n
-        options = self._query_options()
-        if tuple(self.query_select.options) != tuple(options):
-            keep = self.query_select.value if self.query_select.value in [v for _, v in options] else _CLICKED
-            self.query_select.options = options
-            self.query_select.value = keep
-        self.refresh()
+        self._syncing = True                      # the widget changes below must not redraw one by one
+        try:
+            at_end = self.step_slider.value >= self.step_slider.max
+            self.step_slider.max = n
+            if at_end or self.step_slider.value > n:
+                self.step_slider.value = n
+            options = self._query_options()
+            if tuple(self.query_select.options) != tuple(options):
+                keep = self.query_select.value if self.query_select.value in [v for _, v in options] else _CLICKED
+                self.query_select.options = options
+                self.query_select.value = keep
+        finally:
+            self._syncing = False
+        if self.follow.value or event == "image":
+            self.refresh()
 
     def close(self):
         self.session.unobserve(self.on_session_event)
