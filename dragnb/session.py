@@ -544,6 +544,8 @@ class DragSession:
     def latent_at(self, step: int):
         """The latent after `step` (0 = the inverted latent) if a snapshot holds it, else None."""
         snap = self._snapshots.get(int(step))
+        if snap is None and int(step) == 0 and self.is_prepared:
+            return self._inv_cache[self._keys()[1]]["zt"].clone()
         return None if snap is None else snap["latent"].clone()
 
     # ---------------------------------------------------------------- looking

@@ -275,3 +275,12 @@ def test_changing_the_prompt_restarts_the_optimisation_and_retrains(model):
     assert s.n_steps == 0 and events == ["config"]
     s.step(1)
     assert s.counters["lora_trainings"] == 2
+
+
+def test_latent_at_zero_is_the_inverted_latent_before_any_step(model):
+    s = session(model)
+    assert s.latent_at(0) is None            # nothing prepared yet
+    s.prepare(progress=False)
+    z0 = s.latent_at(0)
+    s.step(2)
+    assert torch.equal(s.latent_at(0), z0) and s.latent_at(1) is None and s.latent_at(2) is not None
