@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw
 
 from dragnb.demo.world import sample_drag, score_edit
 
-DEMO_SEED = 1_000_000_005
+DEMO_SEED = 1_000_000_003
 """A held-out world case (seeds >= 10**9 are never trained on) on which the shipped model edits well."""
 GIF_SCALE = 4
 
