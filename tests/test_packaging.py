@@ -1,8 +1,11 @@
 """The shipped weights are package data: every file under dragnb/demo/weights matches pyproject's globs,
 so `load_model("demo")` works from an installed (non-editable) wheel too."""
 import fnmatch
-import tomllib
 from pathlib import Path
+
+import pytest
+
+tomllib = pytest.importorskip("tomllib")   # Python >= 3.11
 
 ROOT = Path(__file__).resolve().parents[1]
 
