@@ -550,8 +550,8 @@ class DragSession:
 
     # ---------------------------------------------------------------- looking
     def _to_pil(self, x_b3hw) -> Image.Image:
-        arr = ((x_b3hw[0].float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
-        img = Image.fromarray(arr)
+        """First image of a (B, 3, h, w) batch in [-1, 1] -> PIL at the user's image size."""
+        img = self._to_pil_raw(x_b3hw)
         return img.resize(self.size, Image.BILINEAR) if img.size != self.size else img
 
     def _current_latent(self):
