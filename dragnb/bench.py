@@ -69,7 +69,6 @@ def bench_stages(model="tiny", size=None, device=None, dtype=None, drag_steps=10
         lk, ik, fk = s._keys()
         # each stage timed on its own (prepare() runs them in order, each cached)
         t = time.perf_counter()
-        s.configure(lora_steps=lora_steps)
         from . import lora as lora_mod
         z0 = m.encode(s._image_tensor())
         state = lora_mod.train_lora(m, z0, s._cond(), rank=c.lora_rank, steps=lora_steps, lr=c.lora_lr,

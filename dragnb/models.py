@@ -274,7 +274,7 @@ def load_model(name_or_path: str | os.PathLike = "demo", device=None, dtype=None
                              "checkpoint, a diffusers folder, 'demo', or a hub id")
         from .checkpoint import load_single_file
         model = load_single_file(name, config=config, tokenizer=tokenizer)
-    elif name.endswith((".safetensors", ".ckpt")) or name.startswith((".", "/", "~")) or os.sep in name.rstrip("/").split("/", 1)[0]:
+    elif name.endswith((".safetensors", ".ckpt")) or name.startswith((".", "/", "~")):
         raise ValueError(f"model path {name!r} does not exist: check the path, or use 'demo' (the shipped model)")
     elif name.count("/") == 1 and all(name.split("/")):
         model = _load_hub(name, local_files_only)
