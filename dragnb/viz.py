@@ -21,6 +21,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 
+from .metrics import psnr as _psnr
+
 __all__ = [
     "DRAG_COLORS", "draw_drags", "pca_rgb", "similarity_map", "tracking_window", "psnr",
     "plot_features", "plot_similarity", "plot_trajectories", "plot_loss", "plot_before_after",
@@ -183,11 +185,7 @@ def _sample_feature(feats_chw: np.ndarray, rc) -> np.ndarray:
 
 def psnr(a, b) -> float:
     """PSNR in dB between two uint8 images of the same size (inf when identical)."""
-    a, b = _image_hw3(a).astype(np.float64), _image_hw3(b).astype(np.float64)
-    if a.shape != b.shape:
-        raise ValueError(f"images differ in size: {a.shape} vs {b.shape}")
-    mse = np.mean((a - b) ** 2)
-    return float("inf") if mse == 0 else float(10.0 * np.log10(255.0 ** 2 / mse))
+    return _psnr(_image_hw3(a), _image_hw3(b))
 
 
 def figure_to_png(fig: Figure, dpi: int | None = None) -> bytes:

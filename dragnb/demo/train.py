@@ -24,6 +24,7 @@ import torch
 
 from dragnb.demo import model as M
 from dragnb.demo.world import random_batch, random_scene, render
+from dragnb.metrics import psnr
 
 # --------------------------------------------------------------------------------------------------
 # minimal DDIM (v-prediction) used for the figures; the library's own lives in dragnb/ddim.py
@@ -64,11 +65,6 @@ def ddim_denoise(unet, x, emb, n_steps=50, k=50):
     for i in range(k, 0, -1):
         x = ddim_move(unet, x, lv[i], lv[i - 1], emb)
     return x
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else float(10 * np.log10(255.0**2 / mse))
 
 
 # --------------------------------------------------------------------------------------------------

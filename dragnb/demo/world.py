@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dragnb.metrics import psnr  # noqa: F401  (re-exported: dragnb.demo.world.psnr)
+
 KINDS = ("circle", "square", "triangle", "ellipse")
 SIZE_RANGE = (0.15, 0.35)        # shape extent as a fraction of the image width
 DRAG_RANGE = (0.06, 0.25)        # drag length as a fraction of the image width
@@ -284,11 +286,6 @@ def segment_shape(image: np.ndarray, case: DragCase, tol: float = COLOR_TOLERANC
     """(H, W) bool: pixels inside the case's mask whose colour is within `tol` of the dragged shape's."""
     d = np.linalg.norm(image.astype(np.float64) - np.asarray(case.color, np.float64), axis=-1)
     return (d < tol) & case.mask
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10.0 * math.log10(255.0**2 / mse)
 
 
 def score_edit(image: np.ndarray, case: DragCase) -> dict:
