@@ -92,7 +92,9 @@ class Geometry:
     latent_hw: tuple[int, int]
 
     @classmethod
-    def for_model(cls, image_wh, multiple: int, latent_scale: int, max_side: int | None, sup_res_scale: float):
+    def for_model(cls, image_wh, model, sup_res_scale: float):
+        """The working geometry of an image of `image_wh` on `model` (its size_multiple, latent_scale, max_side)."""
+        multiple, latent_scale, max_side = model.size_multiple, model.latent_scale, model.max_side
         W, H = image_wh
         s = 1.0 if max_side is None else min(1.0, max_side / max(W, H))
         w = max(multiple, int(round(W * s / multiple)) * multiple)

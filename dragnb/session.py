@@ -52,6 +52,21 @@ def _tqdm(total, desc, enabled):
     return tqdm(total=total, desc=desc, disable=not enabled, leave=False)
 
 
+def guided_unet_fn(m, cond, guidance: float):
+    """`fn(x, t)` -> UNet output (float32) for latents x (B, C, h, w) with prompt embeddings cond (1, L, D);
+    classifier-free guidance (unconditional = the empty prompt) when guidance > 1."""
+    def fn(x, t):
+        with torch.autocast(m.device.type, dtype=m.dtype, enabled=m.dtype != torch.float32):
+            if guidance == 1.0:
+                return m.unet_forward(x, t, cond).float()
+            unc = m.encode_prompt("")
+            b = x.shape[0]
+            emb = torch.cat([unc.expand(b, *unc.shape[1:]), cond.expand(b, *cond.shape[1:])])
+            u, c = m.unet_forward(torch.cat([x, x]), t, emb).float().chunk(2)
+        return u + guidance * (c - u)
+    return fn
+
+
 class DragSession:
     """Drag points of one image with DragDiffusion, one optimisation step at a time if you like.
 
@@ -89,8 +104,7 @@ class DragSession:
     # ---------------------------------------------------------------- inputs
     def _set_image(self, img: Image.Image):
         self._image = img
-        self._geom = Geometry.for_model(img.size, self.model.size_multiple, self.model.latent_scale,
-                                        self.model.max_side, self._config.sup_res_scale)
+        self._geom = Geometry.for_model(img.size, self.model, self._config.sup_res_scale)
         self._image_sha = hashlib.sha256(np.asarray(img).tobytes() + str(img.size).encode()).hexdigest()[:16]
         self._reset_state()
 
@@ -160,8 +174,7 @@ class DragSession:
             changed = {k for k in changes if getattr(new, k) != getattr(self._config, k)}
             self._config = new
             if changed & set(FEATURE_FIELDS):
-                self._geom = Geometry.for_model(self.size, self.model.size_multiple, self.model.latent_scale,
-                                                self.model.max_side, new.sup_res_scale)
+                self._geom = Geometry.for_model(self.size, self.model, new.sup_res_scale)
             if changed & set(LORA_FIELDS + INVERSION_FIELDS + FEATURE_FIELDS):
                 self._reset_state()
             self._result_cache = None
@@ -261,18 +274,7 @@ class DragSession:
         return self.model.encode_prompt(self.prompt)
 
     def _unet_fn(self, guidance: float):
-        m, cond = self.model, self._cond()
-
-        def fn(x, t):
-            with torch.autocast(m.device.type, dtype=m.dtype, enabled=m.dtype != torch.float32):
-                if guidance == 1.0:
-                    return m.unet_forward(x, t, cond).float()
-                unc = m.encode_prompt("")
-                b = x.shape[0]
-                emb = torch.cat([unc.expand(b, *unc.shape[1:]), cond.expand(b, *cond.shape[1:])])
-                u, c = m.unet_forward(torch.cat([x, x]), t, emb).float().chunk(2)
-            return u + guidance * (c - u)
-        return fn
+        return guided_unet_fn(self.model, self._cond(), guidance)
 
     def _image_tensor(self) -> torch.Tensor:
         img = self._image.resize(self._geom.work_wh, Image.BILINEAR) if self._image.size != self._geom.work_wh else self._image
@@ -632,20 +634,16 @@ class DragSession:
         """
         cfg = (config or model.default_config()).replace(guidance_scale=float(guidance_scale), lora_steps=0)
         W, H = size or (model.native_size, model.native_size)
-        geom = Geometry.for_model((W, H), model.size_multiple, model.latent_scale, model.max_side, cfg.sup_res_scale)
+        geom = Geometry.for_model((W, H), model, cfg.sup_res_scale)
         if geom.work_wh != (W, H):
             raise ValueError(f"size {W}×{H} cannot be generated: use sides that are multiples of {model.size_multiple}"
                              + (f" up to {model.max_side}" if model.max_side else ""))
         g = torch.Generator().manual_seed(int(seed))
         ch = model.unet.config.in_channels
         z_T = torch.randn((1, ch, *geom.latent_hw), generator=g).to(model.device)
-        s = cls.__new__(cls)
-        s.model, s._prompt = model, str(prompt)
-        s._config = cfg
-        fn = DragSession._unet_fn(s, cfg.guidance_scale)
+        fn = guided_unet_fn(model, model.encode_prompt(str(prompt)), cfg.guidance_scale)
         lats = ddim.sample(fn, model.scheduler, z_T, cfg.n_inference_steps)
-        image = s._to_pil_raw(model.decode(lats[-1]))
-        s.__init__(model, image, prompt=prompt, seed=seed, config=cfg)
+        s = cls(model, cls._to_pil_raw(model.decode(lats[-1])), prompt=prompt, seed=seed, config=cfg)
         s._generated = dict(latents=[x.detach() for x in lats], n=cfg.n_inference_steps,
                             key=f"gen-{seed}-{guidance_scale}-{hashlib.sha256(prompt.encode()).hexdigest()[:8]}")
         return s
