@@ -132,6 +132,17 @@ class JupyterLab:
             time.sleep(0.5)
         raise TimeoutError(f"no kernel session for {notebook_path}")
 
+    def wait_idle(self, kernel_id: str, timeout: float = 120.0) -> None:
+        """Wait until the kernel has started and reports idle (REST), so a cell run from the page is taken."""
+        deadline = time.monotonic() + timeout
+        state = None
+        while time.monotonic() < deadline:
+            state = self.get(f"/api/kernels/{kernel_id}").get("execution_state")
+            if state == "idle":
+                return
+            time.sleep(0.5)
+        raise TimeoutError(f"kernel {kernel_id} not idle after {timeout} s (state {state!r}):\n{self.log_tail()}")
+
     def execute(self, kernel_id: str, code: str, timeout: float = 60.0) -> str:
         """Run `code` in the kernel (its own websocket connection) and return its stdout; raise on error."""
         import websocket
