@@ -149,6 +149,11 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="bf16",
+                   help="autocast dtype of the forward pass (bf16: about 1.3x faster on a CPU with avx512_bf16; "
+                        "weights, optimizer and EMA stay float32)")
+    p.add_argument("--stop-after", type=int, default=None,
+                   help="stop after this many steps while keeping the learning-rate schedule of --steps")
     args = p.parse_args(argv)
     if args.steps < 1:
         raise ValueError(f"--steps {args.steps} is invalid: use a positive number of optimizer steps")
@@ -185,12 +190,15 @@ def main(argv=None) -> None:
     def info(step):
         recent = [l for _, l in losses[-200:]]
         return {"seed": args.seed, "steps": step, "batch": args.batch, "lr": args.lr, "ema": args.ema,
+                "precision": args.precision,
                 "minutes": round((time.time() - t0) / 60, 1), "device": str(device) if device.type != "cpu"
                 else f"cpu ({args.threads} threads)", "final_loss": round(float(np.mean(recent)), 5) if recent else None,
                 "command": f"python -m dragnb.demo.train --out {args.out} --steps {args.steps} --seed {args.seed} "
-                           f"--batch {args.batch} --lr {args.lr}"}
+                           f"--batch {args.batch} --lr {args.lr} --precision {args.precision} --threads {args.threads}"
+                           + ("" if args.stop_after is None else f" --stop-after {args.stop_after}")}
 
-    for step in range(args.steps):
+    last = args.steps if args.stop_after is None else min(args.steps, args.stop_after)
+    for step in range(last):
         imgs = random_batch(rng, args.batch)
         flip = rng.random(args.batch) < 0.5
         imgs[flip] = imgs[flip][:, :, ::-1]
@@ -200,8 +208,9 @@ def main(argv=None) -> None:
         a = ab[t].view(-1, 1, 1, 1)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
         v = a.sqrt() * noise - (1 - a).sqrt() * x0
-        pred = unet(xt, t, emb.expand(args.batch, -1, -1)).sample
-        loss = torch.nn.functional.mse_loss(pred, v)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16"):
+            pred = unet(xt, t, emb.expand(args.batch, -1, -1)).sample
+        loss = torch.nn.functional.mse_loss(pred.float(), v)
         if not torch.isfinite(loss):
             raise RuntimeError(f"loss is {loss.item()} at step {step}: lower --lr (now {args.lr})")
         for g_ in opt.param_groups:
@@ -219,15 +228,15 @@ def main(argv=None) -> None:
             recent = np.mean([l for _, l in losses[-args.log_every:]])
             print(f"step {step + 1}/{args.steps} loss {recent:.4f} lr {lr_at(step):.2e} "
                   f"{el / (step + 1):.3f} s/step elapsed {el / 60:.1f} min "
-                  f"eta {(args.steps - step - 1) * el / (step + 1) / 60:.1f} min", flush=True)
-        if time.time() - last_ckpt > args.ckpt_minutes * 60 and step + 1 < args.steps:
+                  f"eta {(last - step - 1) * el / (step + 1) / 60:.1f} min", flush=True)
+        if time.time() - last_ckpt > args.ckpt_minutes * 60 and step + 1 < last:
             save_weights(out, ema, emb, info(step + 1))
             fig_dir.mkdir(parents=True, exist_ok=True)
             np.savetxt(fig_dir / "loss.csv", np.array(losses), delimiter=",", header="step,loss", fmt=["%d", "%.5f"])
             print(f"checkpoint at step {step + 1} -> {out}", flush=True)
             last_ckpt = time.time()
 
-    final = info(args.steps)
+    final = info(last)
     figs = make_figures(ema, emb, losses, fig_dir, device, args.seed)
     final.update(figs)
     save_weights(out, ema, emb, final)
