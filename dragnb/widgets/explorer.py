@@ -17,6 +17,7 @@ import ipywidgets as W
 from ipycanvas import Canvas, hold_canvas
 
 from .. import viz
+from .canvas import _DRAW_LOCK
 
 __all__ = ["FeatureExplorer"]
 
@@ -160,7 +161,7 @@ class FeatureExplorer(W.VBox):
         img = self._backdrop()
         big = np.repeat(np.repeat(img, k, axis=0), k, axis=1)
         handles_now = self.handles_at(self.step)
-        with hold_canvas(self.canvas):
+        with _DRAW_LOCK, hold_canvas():   # one process-wide batch, shared with DragCanvas redraws
             self.canvas.clear()
             self.canvas.put_image_data(big, 0, 0)
             for i, ((h, t), c) in enumerate(zip(s.drags, handles_now)):
