@@ -5,7 +5,7 @@ decode = `F.pixel_shuffle(latents, F)`. With F = 4: latents (B, 48, 16, 16).
 
 The UNet is a `diffusers.UNet2DConditionModel` with cross-attention transformer blocks (so LoRA on
 to_q/to_k/to_v/to_out.0 and mutual self-attention apply as on Stable Diffusion) and three up blocks
-(DragDiffusion's features come from `unet.up_blocks[2]`, here at 16×16 with 64 channels).
+(DragDiffusion's features come from `unet.up_blocks[2]`, here at 16×16 with 128 channels).
 The prompt is fixed: `prompt_embeds` (1, L, D) drawn once from a seeded normal distribution.
 Training target: v-prediction with the `squaredcos_cap_v2` schedule (epsilon + linear betas gave a
 model that could invert but not sample, see /work/shared/FACTS.md).
@@ -25,7 +25,7 @@ DEMO_UNET_CONFIG = dict(
     in_channels=3 * FACTOR * FACTOR,
     out_channels=3 * FACTOR * FACTOR,
     layers_per_block=1,
-    block_out_channels=(64, 128, 256),
+    block_out_channels=(128, 128, 224),
     down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
     up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
     mid_block_type="UNetMidBlock2DCrossAttn",
