@@ -30,18 +30,14 @@ def main(argv=None) -> list[dict]:
     args = p.parse_args(argv)
     import torch
     torch.set_num_threads(args.threads)
-    import dragnb.models as dm
+    from dragnb import ddim
     from dragnb.demo import model as M
     from dragnb.demo.world import random_scene, render
     from dragnb.metrics import psnr
+    from dragnb.models import DEMO_DIR, _load_demo
 
-    if args.weights:
-        if not (Path(args.weights) / "dragnb_demo.json").is_file():
-            raise FileNotFoundError(f"--weights {args.weights!r} has no dragnb_demo.json: pass a folder written by "
-                                    "`python -m dragnb.demo.train --out DIR`")
-        dm.DEMO_DIR = Path(args.weights)
-    model = dm.load_model("demo")
-    unet, ab = model.unet.eval(), model.scheduler.alphas_cumprod
+    model = _load_demo(Path(args.weights) if args.weights else DEMO_DIR)
+    unet, sched = model.unet.eval(), model.scheduler
     src = np.stack([render(random_scene(10**9 + i)) for i in range(args.n)])
     x0 = M.encode(M.uint8_to_tensor(src))
     emb = model.prompt_embeds.expand(args.n, -1, -1)
@@ -49,12 +45,12 @@ def main(argv=None) -> list[dict]:
     rows = []
     print("| t | abar | v MSE | x0 PSNR dB (one call) |\n|---|---|---|---|")
     for t in TIMESTEPS:
-        a = ab[t]
+        a = ddim.alpha_bar(sched, t)
         noise = torch.randn(x0.shape, generator=g)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
         with torch.no_grad():
             v = unet(xt, torch.full((args.n,), t), emb).sample
-        x0p = a.sqrt() * xt - (1 - a).sqrt() * v
+        x0p, _ = ddim.predict_x0_eps(sched, v, xt, t)
         mse = float(((v - (a.sqrt() * noise - (1 - a).sqrt() * x0)) ** 2).mean())
         rec = M.tensor_to_uint8(M.decode(x0p))
         ps = float(np.mean([psnr(r, s) for r, s in zip(rec, src)]))

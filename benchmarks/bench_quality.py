@@ -41,11 +41,6 @@ SHORT = {"full": "full", "nolora": "no LoRA (lora_steps=0)", "nomask": "no mask 
          "nomutual": "no mutual self-attention", "steps20": "20 drag steps"}
 
 
-def run_case(model, case, overrides: dict, seed: int = 0):
-    """One edit through a fresh DragSession; returns (result uint8 HxWx3, seconds, steps taken)."""
-    return run_methods(model, case, [overrides], seed)[0]
-
-
 def run_methods(model, case, overrides_list: list[dict], seed: int = 0) -> list[tuple]:
     """Every method on one case through ONE DragSession, as a notebook user would run ablations.
 
@@ -84,9 +79,13 @@ def _worker_init(threads: int) -> None:
     _MODEL = load_model("demo")
 
 
+def score_methods(model, case, ovs: list[dict]) -> list[tuple]:
+    """`run_methods`, each result scored against the case's ground truth: [(score dict, seconds, steps), ...]."""
+    return [(score_edit(img, case), sec, steps) for img, sec, steps in run_methods(model, case, ovs)]
+
+
 def _worker_case(job):
-    case, ovs = job
-    return [(score_edit(img, case), sec, steps) for img, sec, steps in run_methods(_MODEL, case, ovs)]
+    return score_methods(_MODEL, *job)
 
 
 def summarise(rows: list[dict]) -> dict:
@@ -169,9 +168,7 @@ def main(argv=None) -> dict:
         pool = mp.get_context("spawn").Pool(args.workers, _worker_init, (max(1, args.threads // args.workers),))
         results_iter = pool.imap(_worker_case, [(c, ovs) for _, c, _, ovs in jobs])
     else:
-        global _MODEL
-        _MODEL = model
-        results_iter = (_worker_case((c, ovs)) for _, c, _, ovs in jobs)
+        results_iter = (score_methods(model, c, ovs) for _, c, _, ovs in jobs)
     for (i, c, mine, _), res in zip(jobs, results_iter):
         for m, (r, sec, steps) in zip(mine, res):
             r.update(seconds=sec, steps=steps, seed=c.seed)

@@ -289,17 +289,19 @@ def load_model(name_or_path: str | os.PathLike = "demo", device=None, dtype=None
     return model.to(device, dtype)
 
 
-def _load_demo() -> DragModel:
+def _load_demo(folder: Path = DEMO_DIR) -> DragModel:
+    """The demo model from `folder` (default: the shipped weights; benchmarks pass a training run's --out)."""
     from diffusers import DDIMScheduler, UNet2DConditionModel
     from safetensors.torch import load_file
-    meta_path = DEMO_DIR / "dragnb_demo.json"
+    folder = Path(folder)
+    meta_path = folder / "dragnb_demo.json"
     if not meta_path.exists():
-        raise FileNotFoundError(f"the shipped demo model is missing from {DEMO_DIR}: reinstall dragnb, or retrain it "
-                                "with `python -m dragnb.demo.train --out dragnb/demo/weights`")
+        raise FileNotFoundError(f"the demo model is missing from {folder} (no dragnb_demo.json): reinstall dragnb, "
+                                "or retrain it with `python -m dragnb.demo.train --out dragnb/demo/weights`")
     meta = json.loads(meta_path.read_text())
-    unet = UNet2DConditionModel.from_pretrained(DEMO_DIR / "unet", torch_dtype=torch.float32)
-    scheduler = DDIMScheduler.from_pretrained(DEMO_DIR / "scheduler")
-    embeds = load_file(str(DEMO_DIR / "prompt_embeds.safetensors"))["prompt_embeds"].float()
+    unet = UNet2DConditionModel.from_pretrained(folder / "unet", torch_dtype=torch.float32)
+    scheduler = DDIMScheduler.from_pretrained(folder / "scheduler")
+    embeds = load_file(str(folder / "prompt_embeds.safetensors"))["prompt_embeds"].float()
     return DragModel(unet=unet, scheduler=scheduler, codec_factor=int(meta["factor"]), prompt_embeds=embeds,
                      name="demo", max_side=int(meta.get("image_size", 64)),
                      config_overrides=dict(meta.get("config_overrides", {})))
