@@ -36,9 +36,11 @@ METHODS = {
     "no mask term (lam=0)": dict(lam=0.0),
     "no mutual self-attention": dict(mutual_attention=False),
     "20 drag steps": dict(drag_steps=20),
+    "LoRA 40 steps": dict(lora_steps=40),
 }
 SHORT = {"full": "full", "nolora": "no LoRA (lora_steps=0)", "nomask": "no mask term (lam=0)",
-         "nomutual": "no mutual self-attention", "steps20": "20 drag steps"}
+         "nomutual": "no mutual self-attention", "steps20": "20 drag steps",
+         "lora40": "LoRA 40 steps"}
 
 
 def run_methods(model, case, overrides_list: list[dict], seed: int = 0) -> list[tuple]:

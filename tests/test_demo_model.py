@@ -92,3 +92,22 @@ def test_drag_moves_shape_towards_target(demo):
     along = float(d @ np.asarray(case.offset, float)) / case.drag_length
     assert along >= 0.4 * case.drag_length, f"the shape moved {along:.1f} px along a {case.drag_length:.1f} px drag"
     assert sc["bg_psnr"] >= 28.0
+
+
+def test_train_continues_from_weights(tmp_path):
+    """`python -m dragnb.demo.train --init DIR` starts from DIR's UNet (not random weights), trains, and writes a
+    folder that load_model's demo loader reads, recording where it started."""
+    from dragnb.demo import train
+    from dragnb.models import DEMO_DIR, _load_demo
+    out = tmp_path / "w"
+    train.main(["--init", str(DEMO_DIR), "--out", str(out), "--figures", "none", "--steps", "2", "--batch", "2",
+                "--lr", "1e-6", "--warmup", "1", "--threads", "1", "--precision", "fp32", "--log-every", "1"])
+    meta = json.loads((out / "dragnb_demo.json").read_text())
+    assert meta["training"]["steps"] == 2 and "--init" in meta["training"]["command"]
+    assert meta["training"]["init_from"]["steps"] >= 1000     # the shipped run's own record
+    shipped, cont = _load_demo(DEMO_DIR).unet.state_dict(), _load_demo(out).unet.state_dict()
+    # two steps at lr 1e-6 (EMA of them) stay within fp16 rounding of the start: a random init would not
+    worst = max((shipped[k] - cont[k]).abs().max().item() for k in shipped)
+    assert worst < 1e-2, worst
+    with pytest.raises(FileNotFoundError, match="no unet/"):
+        train.main(["--init", str(tmp_path / "nowhere"), "--out", str(out), "--figures", "none", "--steps", "1"])

@@ -79,6 +79,10 @@ def save_weights(out: Path, unet, prompt_embeds, info: dict) -> None:
         shutil.rmtree(tmp)
     half = copy.deepcopy(unet).to("cpu", torch.float16)
     half.save_pretrained(tmp, safe_serialization=True)
+    cfg_path = tmp / "config.json"  # a UNet loaded by --init remembers its folder: keep that path out of the shipped config
+    cfg = json.loads(cfg_path.read_text())
+    if cfg.pop("_name_or_path", None) is not None:
+        cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
     old = out / "unet.old"
     if old.exists():
         shutil.rmtree(old)
@@ -145,13 +149,16 @@ def main(argv=None) -> None:
     p.add_argument("--warmup", type=int, default=200)
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--ckpt-minutes", type=float, default=10.0)
-    p.add_argument("--figures", default="docs/demo_model")
+    p.add_argument("--figures", default="docs/demo_model", help="folder for the figures; 'none' skips them")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="bf16",
                    help="autocast dtype of the forward pass (bf16: about 1.3x faster on a CPU with avx512_bf16; "
                         "weights, optimizer and EMA stay float32)")
+    p.add_argument("--init", default=None,
+                   help="start from the UNet of this weights folder (e.g. the shipped dragnb/demo/weights) instead of "
+                        "random weights: a second run with a fresh warm-up and cosine schedule continues training")
     p.add_argument("--stop-after", type=int, default=None,
                    help="stop after this many steps while keeping the learning-rate schedule of --steps")
     args = p.parse_args(argv)
@@ -166,7 +173,17 @@ def main(argv=None) -> None:
     rng = np.random.default_rng(args.seed)
     gen = torch.Generator(device="cpu").manual_seed(args.seed)
 
-    unet = M.build_demo_unet().to(device).train()
+    init_info = None
+    if args.init:
+        from diffusers import UNet2DConditionModel
+        init_dir = Path(args.init)
+        if not (init_dir / "unet" / "config.json").exists():
+            raise FileNotFoundError(f"--init {init_dir}: no unet/ there; pass a folder written by dragnb.demo.train")
+        unet = UNet2DConditionModel.from_pretrained(init_dir / "unet", torch_dtype=torch.float32).to(device).train()
+        meta_path = init_dir / "dragnb_demo.json"
+        init_info = json.loads(meta_path.read_text()).get("training") if meta_path.exists() else None
+    else:
+        unet = M.build_demo_unet().to(device).train()
     ema = copy.deepcopy(unet).eval().requires_grad_(False)
     sched = M.build_demo_scheduler()
     unet._sched = ema._sched = sched  # used by the figure helpers
@@ -195,7 +212,9 @@ def main(argv=None) -> None:
                 else f"cpu ({args.threads} threads)", "final_loss": round(float(np.mean(recent)), 5) if recent else None,
                 "command": f"python -m dragnb.demo.train --out {args.out} --steps {args.steps} --seed {args.seed} "
                            f"--batch {args.batch} --lr {args.lr} --precision {args.precision} --threads {args.threads}"
-                           + ("" if args.stop_after is None else f" --stop-after {args.stop_after}")}
+                           + ("" if args.init is None else f" --init {args.init}")
+                           + ("" if args.stop_after is None else f" --stop-after {args.stop_after}"),
+                "init_from": init_info}
 
     last = args.steps if args.stop_after is None else min(args.steps, args.stop_after)
     for step in range(last):
@@ -231,16 +250,18 @@ def main(argv=None) -> None:
                   f"eta {(last - step - 1) * el / (step + 1) / 60:.1f} min", flush=True)
         if time.time() - last_ckpt > args.ckpt_minutes * 60 and step + 1 < last:
             save_weights(out, ema, emb, info(step + 1))
-            fig_dir.mkdir(parents=True, exist_ok=True)
-            np.savetxt(fig_dir / "loss.csv", np.array(losses), delimiter=",", header="step,loss", fmt=["%d", "%.5f"])
+            if args.figures != "none":
+                fig_dir.mkdir(parents=True, exist_ok=True)
+                np.savetxt(fig_dir / "loss.csv", np.array(losses), delimiter=",", header="step,loss", fmt=["%d", "%.5f"])
             print(f"checkpoint at step {step + 1} -> {out}", flush=True)
             last_ckpt = time.time()
 
     final = info(last)
-    figs = make_figures(ema, emb, losses, fig_dir, device, args.seed)
-    final.update(figs)
+    if args.figures != "none":
+        final.update(make_figures(ema, emb, losses, fig_dir, device, args.seed))
     save_weights(out, ema, emb, final)
-    np.savetxt(fig_dir / "loss.csv", np.array(losses), delimiter=",", header="step,loss", fmt=["%d", "%.5f"])
+    if args.figures != "none":
+        np.savetxt(fig_dir / "loss.csv", np.array(losses), delimiter=",", header="step,loss", fmt=["%d", "%.5f"])
     print(json.dumps(final, indent=2), flush=True)
 
 
