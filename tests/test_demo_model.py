@@ -105,6 +105,9 @@ def test_train_continues_from_weights(tmp_path):
     meta = json.loads((out / "dragnb_demo.json").read_text())
     assert meta["training"]["steps"] == 2 and "--init" in meta["training"]["command"]
     assert meta["training"]["init_from"]["steps"] >= 1000     # the shipped run's own record
+    cfg = json.loads((out / "unet" / "config.json").read_text())
+    assert "_name_or_path" not in cfg                          # no trace of the folder it started from
+    assert cfg == json.loads((DEMO_DIR / "unet" / "config.json").read_text())
     shipped, cont = _load_demo(DEMO_DIR).unet.state_dict(), _load_demo(out).unet.state_dict()
     # two steps at lr 1e-6 (EMA of them) stay within fp16 rounding of the start: a random init would not
     worst = max((shipped[k] - cont[k]).abs().max().item() for k in shipped)

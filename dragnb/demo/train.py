@@ -79,10 +79,6 @@ def save_weights(out: Path, unet, prompt_embeds, info: dict) -> None:
         shutil.rmtree(tmp)
     half = copy.deepcopy(unet).to("cpu", torch.float16)
     half.save_pretrained(tmp, safe_serialization=True)
-    cfg_path = tmp / "config.json"  # a UNet loaded by --init remembers its folder: keep that path out of the shipped config
-    cfg = json.loads(cfg_path.read_text())
-    if cfg.pop("_name_or_path", None) is not None:
-        cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
     old = out / "unet.old"
     if old.exists():
         shutil.rmtree(old)
@@ -176,10 +172,15 @@ def main(argv=None) -> None:
     init_info = None
     if args.init:
         from diffusers import UNet2DConditionModel
+        from safetensors.torch import load_file
         init_dir = Path(args.init)
         if not (init_dir / "unet" / "config.json").exists():
             raise FileNotFoundError(f"--init {init_dir}: no unet/ there; pass a folder written by dragnb.demo.train")
-        unet = UNet2DConditionModel.from_pretrained(init_dir / "unet", torch_dtype=torch.float32).to(device).train()
+        # built from the folder's config and state dict rather than from_pretrained, which would record the
+        # folder in the config as _name_or_path and so in every folder this run writes
+        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(init_dir / "unet"))
+        unet.load_state_dict(load_file(str(init_dir / "unet" / "diffusion_pytorch_model.safetensors")))
+        unet = unet.float().to(device).train()
         meta_path = init_dir / "dragnb_demo.json"
         init_info = json.loads(meta_path.read_text()).get("training") if meta_path.exists() else None
     else:
@@ -199,7 +200,7 @@ def main(argv=None) -> None:
 
     n_params = sum(p.numel() for p in unet.parameters())
     print(f"dragnb demo model: {n_params / 1e6:.2f} M params, device {device}, {args.steps} steps, batch {args.batch}", flush=True)
-    out, fig_dir = Path(args.out), Path(args.figures)
+    out, fig_dir = Path(args.out), None if args.figures == "none" else Path(args.figures)
     losses: list[tuple[int, float]] = []
     t0 = last_ckpt = time.time()
     ema_params, params = list(ema.parameters()), list(unet.parameters())
@@ -215,6 +216,11 @@ def main(argv=None) -> None:
                            + ("" if args.init is None else f" --init {args.init}")
                            + ("" if args.stop_after is None else f" --stop-after {args.stop_after}"),
                 "init_from": init_info}
+
+    def save_losses():
+        if fig_dir is not None:
+            fig_dir.mkdir(parents=True, exist_ok=True)
+            np.savetxt(fig_dir / "loss.csv", np.array(losses), delimiter=",", header="step,loss", fmt=["%d", "%.5f"])
 
     last = args.steps if args.stop_after is None else min(args.steps, args.stop_after)
     for step in range(last):
@@ -250,18 +256,15 @@ def main(argv=None) -> None:
                   f"eta {(last - step - 1) * el / (step + 1) / 60:.1f} min", flush=True)
         if time.time() - last_ckpt > args.ckpt_minutes * 60 and step + 1 < last:
             save_weights(out, ema, emb, info(step + 1))
-            if args.figures != "none":
-                fig_dir.mkdir(parents=True, exist_ok=True)
-                np.savetxt(fig_dir / "loss.csv", np.array(losses), delimiter=",", header="step,loss", fmt=["%d", "%.5f"])
+            save_losses()
             print(f"checkpoint at step {step + 1} -> {out}", flush=True)
             last_ckpt = time.time()
 
     final = info(last)
-    if args.figures != "none":
+    if fig_dir is not None:
         final.update(make_figures(ema, emb, losses, fig_dir, device, args.seed))
     save_weights(out, ema, emb, final)
-    if args.figures != "none":
-        np.savetxt(fig_dir / "loss.csv", np.array(losses), delimiter=",", header="step,loss", fmt=["%d", "%.5f"])
+    save_losses()
     print(json.dumps(final, indent=2), flush=True)
 
 
