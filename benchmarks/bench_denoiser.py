@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 
 import numpy as np
 
@@ -24,7 +23,8 @@ TIMESTEPS = (10, 50, 100, 200, 400, 600, 681, 800, 950)
 
 def main(argv=None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--weights", default=None, help="a folder in the shipped layout (default: the shipped model)")
+    p.add_argument("--weights", default="demo",
+                   help="'demo' (shipped) or a folder written by `python -m dragnb.demo.train --out DIR`")
     p.add_argument("--n", type=int, default=16, help="held-out scenes (default 16)")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
@@ -34,9 +34,9 @@ def main(argv=None) -> list[dict]:
     from dragnb.demo import model as M
     from dragnb.demo.world import random_scene, render
     from dragnb.metrics import psnr
-    from dragnb.models import DEMO_DIR, _load_demo
+    from dragnb import load_model
 
-    model = _load_demo(Path(args.weights) if args.weights else DEMO_DIR)
+    model = load_model(args.weights, device="cpu")
     unet, sched = model.unet.eval(), model.scheduler
     src = np.stack([render(random_scene(10**9 + i)) for i in range(args.n)])
     x0 = M.encode(M.uint8_to_tensor(src))

@@ -73,12 +73,12 @@ def run_methods(model, case, overrides_list: list[dict], seed: int = 0) -> list[
 _MODEL = None
 
 
-def _worker_init(threads: int) -> None:
+def _worker_init(threads: int, weights: str = "demo") -> None:
     global _MODEL
     import torch
     torch.set_num_threads(threads)
     from dragnb import load_model
-    _MODEL = load_model("demo")
+    _MODEL = load_model(weights)
 
 
 def score_methods(model, case, ovs: list[dict]) -> list[tuple]:
@@ -127,6 +127,8 @@ def main(argv=None) -> dict:
     p.add_argument("--threads", type=int, default=2, help="torch threads in all (split between workers)")
     p.add_argument("--workers", type=int, default=1, help="processes, each editing whole cases (default 1)")
     p.add_argument("--json", default=None, help="write per-case rows and the summary here")
+    p.add_argument("--weights", default="demo",
+                   help="the model: 'demo' (shipped) or a folder written by `python -m dragnb.demo.train --out DIR`")
     args = p.parse_args(argv)
     import torch
     torch.set_num_threads(args.threads)
@@ -144,7 +146,7 @@ def main(argv=None) -> dict:
         names = ["full"]
     if args.workers < 1:
         raise ValueError(f"--workers {args.workers} is invalid: use 1 or more processes")
-    model = load_model("demo")
+    model = load_model(args.weights)
     cases = [sample_drag(BENCH_SEED0 + i) for i in range(max(n_full, n_abl))]
     results, rows_all = {}, {}
     results["unedited input"] = summarise([score_edit(c.image, c) for c in cases[:n_full]])
@@ -167,7 +169,8 @@ def main(argv=None) -> dict:
     rows_by = {m: [] for m in names}
     if args.workers > 1:
         import multiprocessing as mp
-        pool = mp.get_context("spawn").Pool(args.workers, _worker_init, (max(1, args.threads // args.workers),))
+        pool = mp.get_context("spawn").Pool(args.workers, _worker_init,
+                                                   (max(1, args.threads // args.workers), args.weights))
         results_iter = pool.imap(_worker_case, [(c, ovs) for _, c, _, ovs in jobs])
     else:
         results_iter = (score_methods(model, c, ovs) for _, c, _, ovs in jobs)

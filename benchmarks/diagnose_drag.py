@@ -46,9 +46,11 @@ def main(argv=None) -> None:
     p.add_argument("--out", default="docs/demo_model/drag_diagnosis.png")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--quick", action="store_true", help="smoke run: one case, 10 LoRA and 10 drag steps")
+    p.add_argument("--weights", default="demo",
+                   help="'demo' (shipped) or a folder written by `python -m dragnb.demo.train --out DIR`")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    m = load_model("demo")
+    m = load_model(args.weights)
     if m.codec_factor is None:
         raise SystemExit("this diagnostic needs the pixel-codec demo model (its low-pass works in image space)")
     rows = []
@@ -61,14 +63,14 @@ def main(argv=None) -> None:
         s.set_mask(c.mask)
         s.prepare(progress=False)
         s.run(progress=False)
-        zt = s._inv_cache[s._keys()[1]]["zt"]
-        d = s._latent.detach() - zt
+        zt = s.latent_at(0)
+        d = s.current_latent() - zt
         g = torch.Generator().manual_seed(0)
         signs = torch.where(torch.rand(d.shape, generator=g) < 0.5, -1.0, 1.0).to(d)
         row = [c.image]
         for name, delta in (("result (z_t + d)", d), ("random signs", d.abs() * signs),
                             ("d low-passed", low_pass(d, m.codec_factor))):
-            img = np.asarray(s._to_pil(s._denoise(zt + delta, True)).convert("RGB"))
+            img = np.asarray(s.render_latent(zt + delta).convert("RGB"))
             sc = score_edit(img, c)
             print(f"| {seed} | {name} | {float(delta.pow(2).mean().sqrt()):.3f} | {sc['dist_frac']:.2f} | "
                   f"{sc['iou']:.2f} | {sc['bg_psnr']:.1f} |", flush=True)

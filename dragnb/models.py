@@ -249,8 +249,9 @@ def load_model(name_or_path: str | os.PathLike = "demo", device=None, dtype=None
     """Load a model for dragging.
 
     Args:
-        name_or_path: "demo", "tiny", a local diffusers SD-1.x folder, a single-file checkpoint
-            (.safetensors/.ckpt), or a hub id.
+        name_or_path: "demo", "tiny", a local diffusers SD-1.x folder, a folder in the demo model's layout
+            (written by `python -m dragnb.demo.train --out DIR`), a single-file checkpoint (.safetensors/.ckpt),
+            or a hub id.
         device: "cpu"/"cuda"; default cuda when available.
         dtype: default float16 on cuda, float32 on cpu (float16 on cpu is refused).
         vae: optional separate VAE (diffusers folder or hub id), e.g. "stabilityai/sd-vae-ft-mse".
@@ -266,6 +267,8 @@ def load_model(name_or_path: str | os.PathLike = "demo", device=None, dtype=None
         model = _load_demo()
     elif name == "tiny":
         model = tiny_model()
+    elif os.path.isdir(name) and os.path.isfile(os.path.join(name, "dragnb_demo.json")):
+        model = _load_demo(Path(name))
     elif os.path.isdir(name):
         model = _load_diffusers_folder(name)
     elif os.path.isfile(name):
@@ -302,8 +305,9 @@ def _load_demo(folder: Path = DEMO_DIR) -> DragModel:
     unet = UNet2DConditionModel.from_pretrained(folder / "unet", torch_dtype=torch.float32)
     scheduler = DDIMScheduler.from_pretrained(folder / "scheduler")
     embeds = load_file(str(folder / "prompt_embeds.safetensors"))["prompt_embeds"].float()
+    name = "demo" if folder.resolve() == DEMO_DIR.resolve() else str(folder.resolve())
     return DragModel(unet=unet, scheduler=scheduler, codec_factor=int(meta["factor"]), prompt_embeds=embeds,
-                     name="demo", max_side=int(meta.get("image_size", 64)),
+                     name=name, max_side=int(meta.get("image_size", 64)),
                      config_overrides=dict(meta.get("config_overrides", {})))
 
 

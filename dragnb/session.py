@@ -589,6 +589,28 @@ class DragSession:
                 self._result_cache = (key, self._to_pil(self._denoise(z_hat, self._config.mutual_attention)))
             return self._result_cache[1].copy()
 
+    def current_latent(self) -> torch.Tensor:
+        """A copy of the step-t latent as the drag has left it (the inverted latent before any step), (1, C, h, w)."""
+        with self._lock:
+            return self._current_latent().detach().clone()
+
+    def render_latent(self, latent, mutual: bool | None = None) -> Image.Image:
+        """DDIM-denoise any step-t latent (1, C, h, w) to an image at the session's size, as `result()` does.
+
+        For experiments on the edit: `render_latent(latent_at(0) + d)` renders an edit `d` of your own.
+        `mutual`: mutual self-attention with the source path (default: the config's `mutual_attention`).
+        """
+        with self._lock:
+            if not self.is_prepared:
+                self.prepare(progress=False)
+            zt = self._inv_cache[self._keys()[1]]["zt"]
+            z = torch.as_tensor(latent)
+            if tuple(z.shape) != tuple(zt.shape):
+                raise ValueError(f"latent has shape {tuple(z.shape)} but this session's step-t latents are "
+                                 f"{tuple(zt.shape)}: start from latent_at(0) or current_latent()")
+            z = z.to(zt.device, zt.dtype)
+            return self._to_pil(self._denoise(z, self._config.mutual_attention if mutual is None else bool(mutual)))
+
     def reconstruction(self) -> Image.Image:
         """Denoise the unedited inverted latent (no mutual attention): how faithful the inversion is."""
         with self._lock:

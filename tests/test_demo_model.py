@@ -114,3 +114,48 @@ def test_train_continues_from_weights(tmp_path):
     assert worst < 1e-2, worst
     with pytest.raises(FileNotFoundError, match="no unet/"):
         train.main(["--init", str(tmp_path / "nowhere"), "--out", str(out), "--figures", "none", "--steps", "1"])
+
+
+def test_upgrade_full_res_attention_keeps_weights_and_adds_zeroed_blocks():
+    """The attn16 upgrade (train.py --upgrade attn16): every kept weight is copied, the new 16×16 transformer
+    blocks add nothing until trained (zeroed proj_out), the mid block loses its transformer block."""
+    from dragnb.attention import self_attention_modules
+    torch.manual_seed(0)
+    old = M.build_demo_unet()
+    new = M.upgrade_full_res_attention(old)
+    assert len(new.down_blocks[0].attentions) == 1 and len(new.up_blocks[-1].attentions) == 2
+    assert len(new.mid_block.attentions) == 0
+    assert len(self_attention_modules(new)) == 6 and len(self_attention_modules(old)) == M.N_TRANSFORMER_BLOCKS
+    o, n = old.state_dict(), new.state_dict()
+    kept = [k for k in n if k in o]
+    assert len(kept) > 100 and all(torch.equal(o[k], n[k]) for k in kept)
+    assert all(not b.proj_out.weight.detach().any() for b in new.up_blocks[-1].attentions)
+    # at 16×16 the new blocks are the identity: a down_blocks[0] output is unchanged
+    x, t, e = torch.randn(1, 48, 16, 16), torch.tensor([500]), torch.randn(1, 4, 128)
+    with torch.no_grad():
+        temb = old.time_embedding(old.time_proj(t))
+        h = old.conv_in(x)
+        a = old.down_blocks[0](h, temb)[0]
+        b = new.down_blocks[0](h, temb, encoder_hidden_states=e)[0]
+    assert torch.allclose(a, b)
+    with pytest.raises(ValueError, match="already has attention"):
+        M.upgrade_full_res_attention(new)
+
+
+def test_train_upgrade_needs_init(tmp_path):
+    from dragnb.demo import train
+    with pytest.raises(ValueError, match="--init"):
+        train.main(["--upgrade", "attn16", "--out", str(tmp_path / "w"), "--figures", "none", "--steps", "1"])
+
+
+def test_load_model_reads_a_demo_layout_folder(tmp_path):
+    """load_model(folder) for a folder that dragnb.demo.train wrote: the shipped folder keeps the name "demo",
+    any other is named by its path (so DragSession's LoRA cache keys and saved sessions tell them apart)."""
+    import shutil
+    from dragnb import load_model
+    from dragnb.models import DEMO_DIR
+    assert load_model(DEMO_DIR, device="cpu").name == "demo"
+    copy = tmp_path / "weights"
+    shutil.copytree(DEMO_DIR, copy)
+    m = load_model(copy, device="cpu")
+    assert m.name == str(copy.resolve()) and m.codec_factor == M.FACTOR

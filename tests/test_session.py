@@ -284,3 +284,18 @@ def test_latent_at_zero_is_the_inverted_latent_before_any_step(model):
     z0 = s.latent_at(0)
     s.step(2)
     assert torch.equal(s.latent_at(0), z0) and s.latent_at(1) is None and s.latent_at(2) is not None
+
+
+def test_render_latent_matches_result_and_reconstruction(model):
+    s = session(model)
+    s.step(2)
+    z = s.current_latent()
+    assert torch.equal(z, s.latent_at(2))               # FAST snapshots every 2 steps
+    z += 1.0                                            # a copy: the session's latent is untouched
+    assert torch.equal(s.current_latent(), s.latent_at(2))
+    a, b = np.asarray(s.render_latent(s.current_latent())), np.asarray(s.result())
+    assert np.array_equal(a, b)
+    assert np.array_equal(np.asarray(s.render_latent(s.latent_at(0), mutual=False)), np.asarray(s.reconstruction()))
+    with pytest.raises(ValueError, match="shape"):
+        s.render_latent(torch.zeros(1, 2, 3, 3))
+    assert s.n_steps == 2

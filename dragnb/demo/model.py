@@ -55,6 +55,40 @@ DEMO_CONFIG_OVERRIDES = dict(
 )
 
 
+FULL_RES_ATTENTION = dict(
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    mid_block_type="UNetMidBlock2D",
+)
+"""The `attn16` upgrade: transformer blocks at 16×16 too (down_blocks[0], up_blocks[2]: LoRA and mutual
+self-attention reach the full-resolution features that motion supervision reads), and a 4×4 mid block of
+one resnet (diffusers' `UNetMidBlock2D` here: no transformer block and no second resnet, whose 1.4 M
+parameters would take the weights over 25 MB)."""
+
+
+def upgrade_full_res_attention(unet):
+    """A copy of a DEMO_UNET_CONFIG-shaped `unet` with FULL_RES_ATTENTION's block types.
+
+    Every weight of `unet` with a place in the new UNet is kept; the mid block's transformer block and
+    second resnet are dropped; the new 16×16 transformer blocks start with `proj_out` zeroed, so each adds nothing until
+    trained. Raises ValueError for a UNet that already has attention at 16×16.
+    """
+    from diffusers import UNet2DConditionModel
+    cfg = dict(unet.config)
+    if cfg["down_block_types"][0].startswith("CrossAttn"):
+        raise ValueError("this UNet already has attention at its first level: it needs no attn16 upgrade")
+    cfg.update({k: list(v) if isinstance(v, tuple) else v for k, v in FULL_RES_ATTENTION.items()})
+    new = UNet2DConditionModel.from_config({k: v for k, v in cfg.items() if not k.startswith("_")})
+    missing, unexpected = new.load_state_dict(unet.state_dict(), strict=False)
+    assert all(k.startswith("mid_block.") for k in unexpected), unexpected
+    fresh = {"down_blocks.0.attentions.", "up_blocks.2.attentions."}
+    assert all(any(k.startswith(f) for f in fresh) for k in missing), missing
+    for blk in (*new.down_blocks[0].attentions, *new.up_blocks[-1].attentions):
+        torch.nn.init.zeros_(blk.proj_out.weight)
+        torch.nn.init.zeros_(blk.proj_out.bias)
+    return new
+
+
 def build_demo_unet():
     """A fresh (randomly initialised) UNet2DConditionModel with DEMO_UNET_CONFIG."""
     from diffusers import UNet2DConditionModel

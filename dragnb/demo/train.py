@@ -155,6 +155,9 @@ def main(argv=None) -> None:
     p.add_argument("--init", default=None,
                    help="start from the UNet of this weights folder (e.g. the shipped dragnb/demo/weights) instead of "
                         "random weights: a second run with a fresh warm-up and cosine schedule continues training")
+    p.add_argument("--upgrade", choices=("attn16",), default=None,
+                   help="with --init: change the architecture first; attn16 adds zero-initialised transformer blocks "
+                        "at 16x16 and drops the mid block's (dragnb.demo.model.upgrade_full_res_attention)")
     p.add_argument("--stop-after", type=int, default=None,
                    help="stop after this many steps while keeping the learning-rate schedule of --steps")
     args = p.parse_args(argv)
@@ -180,10 +183,14 @@ def main(argv=None) -> None:
         # folder in the config as _name_or_path and so in every folder this run writes
         unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(init_dir / "unet"))
         unet.load_state_dict(load_file(str(init_dir / "unet" / "diffusion_pytorch_model.safetensors")))
+        if args.upgrade == "attn16":
+            unet = M.upgrade_full_res_attention(unet)
         unet = unet.float().to(device).train()
         meta_path = init_dir / "dragnb_demo.json"
         init_info = json.loads(meta_path.read_text()).get("training") if meta_path.exists() else None
     else:
+        if args.upgrade:
+            raise ValueError(f"--upgrade {args.upgrade} changes an existing model: pass the folder to start from with --init")
         unet = M.build_demo_unet().to(device).train()
     ema = copy.deepcopy(unet).eval().requires_grad_(False)
     sched = M.build_demo_scheduler()
@@ -214,6 +221,7 @@ def main(argv=None) -> None:
                 "command": f"python -m dragnb.demo.train --out {args.out} --steps {args.steps} --seed {args.seed} "
                            f"--batch {args.batch} --lr {args.lr} --precision {args.precision} --threads {args.threads}"
                            + ("" if args.init is None else f" --init {args.init}")
+                           + ("" if args.upgrade is None else f" --upgrade {args.upgrade}")
                            + ("" if args.stop_after is None else f" --stop-after {args.stop_after}"),
                 "init_from": init_info}
 
