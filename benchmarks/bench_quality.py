@@ -36,11 +36,17 @@ METHODS = {
     "no mask term (lam=0)": dict(lam=0.0),
     "no mutual self-attention": dict(mutual_attention=False),
     "20 drag steps": dict(drag_steps=20),
-    "LoRA 40 steps": dict(lora_steps=40),
+    "LoRA 40 steps, lr 5e-4": dict(lora_steps=40, lora_lr=5e-4),
+    "official LoRA (80 steps, lr 5e-4)": dict(lora_steps=80, lora_lr=5e-4),
+    "LoRA 40 steps, lr 1e-3": dict(lora_steps=40, lora_lr=1e-3),
+    "LoRA batch 2": dict(lora_batch_size=2),
+    "r_m=3 (7x7-cell patch)": dict(r_m=3),
+    "r_m=5 (11x11-cell patch)": dict(r_m=5),
 }
 SHORT = {"full": "full", "nolora": "no LoRA (lora_steps=0)", "nomask": "no mask term (lam=0)",
          "nomutual": "no mutual self-attention", "steps20": "20 drag steps",
-         "lora40": "LoRA 40 steps"}
+         "lora40": "LoRA 40 steps, lr 5e-4", "lora80": "official LoRA (80 steps, lr 5e-4)", "lora40lr": "LoRA 40 steps, lr 1e-3",
+         "lorab2": "LoRA batch 2", "rm3": "r_m=3 (7x7-cell patch)", "rm5": "r_m=5 (11x11-cell patch)"}
 
 
 def run_methods(model, case, overrides_list: list[dict], seed: int = 0) -> list[tuple]:

@@ -53,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="'demo' (shipped), a diffusers folder, a .safetensors checkpoint or a hub id (default: demo)")
     e.add_argument("--vae", default=None, help="optional separate VAE (folder or hub id)")
     e.add_argument("--steps", type=int, default=None, help="most drag steps (default 80)")
-    e.add_argument("--lora-steps", type=int, default=None, help="LoRA fine-tune steps (default 80; 0 = no LoRA)")
+    e.add_argument("--lora-steps", type=int, default=None,
+                   help="LoRA fine-tune steps (default: the model's: 80 official, 40 for the demo model; 0 = no LoRA)")
     e.add_argument("--lam", type=float, default=None, help="weight of the masked term (default 0.1)")
     e.add_argument("--inversion-strength", type=float, default=None, help="fraction inverted (default 0.7)")
     e.add_argument("--no-mutual-attention", action="store_true", help="plain denoising at the end")

@@ -44,7 +44,9 @@ def test_loads_offline_with_cross_attention(demo, monkeypatch):
     assert demo.unet.config.sample_size * M.FACTOR == 64
     assert demo.scheduler.config.prediction_type == "v_prediction"
     cfg = demo.default_config()
-    assert cfg.attn_start_layer == M.DEMO_CONFIG_OVERRIDES["attn_start_layer"]
+    # the shipped dragnb_demo.json carries the same overrides as the code that writes it
+    assert {k: getattr(cfg, k) for k in M.DEMO_CONFIG_OVERRIDES} == M.DEMO_CONFIG_OVERRIDES
+    assert cfg.lora_steps == 40 and cfg.lora_lr == 1e-3
 
 
 def test_codec_is_lossless():

@@ -48,7 +48,7 @@ def _draw(img: Image.Image, handles, targets, start_handles, caption: str) -> Im
     return big
 
 
-def run_demo(out_dir, model=None, steps: int | None = None, gif_every: int = 2) -> dict:
+def run_demo(out_dir, model=None, steps: int | None = None, gif_every: int = 4) -> dict:
     """Edit the fixed demo scene with its preset drag and mask; write before.png, after.png, drag.gif,
     record.json under `out_dir` and return the record (drags, final handles, scores, timings per stage).
 
