@@ -40,13 +40,14 @@ METHODS = {
     "official LoRA (80 steps, lr 5e-4)": dict(lora_steps=80, lora_lr=5e-4),
     "LoRA 40 steps, lr 1e-3": dict(lora_steps=40, lora_lr=1e-3),
     "LoRA batch 2": dict(lora_batch_size=2),
+    "patch tracker (track_patch=2)": dict(track_patch=2),
     "r_m=3 (7x7-cell patch)": dict(r_m=3),
     "r_m=5 (11x11-cell patch)": dict(r_m=5),
 }
 SHORT = {"full": "full", "nolora": "no LoRA (lora_steps=0)", "nomask": "no mask term (lam=0)",
          "nomutual": "no mutual self-attention", "steps20": "20 drag steps",
          "lora40": "LoRA 40 steps, lr 5e-4", "lora80": "official LoRA (80 steps, lr 5e-4)", "lora40lr": "LoRA 40 steps, lr 1e-3",
-         "lorab2": "LoRA batch 2", "rm3": "r_m=3 (7x7-cell patch)", "rm5": "r_m=5 (11x11-cell patch)"}
+         "lorab2": "LoRA batch 2", "trackpatch": "patch tracker (track_patch=2)", "rm3": "r_m=3 (7x7-cell patch)", "rm5": "r_m=5 (11x11-cell patch)"}
 
 
 def run_methods(model, case, overrides_list: list[dict], seed: int = 0) -> list[tuple]:

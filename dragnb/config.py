@@ -39,6 +39,10 @@ class DragConfig:
     """Motion-supervision patch radius, in supervision-grid cells."""
     r_p: int = 3
     """Point-tracking search radius, in supervision-grid cells."""
+    track_patch: int = 0
+    """Point tracking compares (2k+1)² patches of features, k = track_patch, instead of single feature vectors.
+    0 = the official tracker. A handle inside a flat region (a flat-coloured shape) matches any cell of it by its
+    own vector; a patch also sees the region's edges."""
     lam: float = 0.1
     """Weight of the masked term |(x_{t-1}(z^) - x_{t-1}(z)) * (1 - mask)|.sum()."""
     drag_lr: float = 0.01
@@ -84,6 +88,7 @@ class DragConfig:
         need(0.0 < self.sup_res_scale <= 1.0, "sup_res_scale", "use a value in (0, 1] (official 0.5)")
         need(self.r_m >= 0, "r_m", "use a radius >= 0 (official 1)")
         need(self.r_p >= 1, "r_p", "use a radius >= 1 (official 3)")
+        need(self.track_patch >= 0, "track_patch", "use a patch radius >= 0 (0 = the official single-vector tracker)")
         need(self.lam >= 0, "lam", "use a weight >= 0 (official 0.1)")
         need(self.drag_lr > 0, "drag_lr", "use a positive learning rate (official 0.01)")
         need(self.drag_steps >= 1, "drag_steps", "use >= 1 (official 80)")

@@ -56,18 +56,27 @@ def mask_loss(x_prev: torch.Tensor, x_prev_0: torch.Tensor, mask_latent: torch.T
 
 @torch.no_grad()
 def track_points(feat0_bchw: torch.Tensor, feat_bchw: torch.Tensor, handles0_rc: torch.Tensor,
-                 handles_rc: torch.Tensor, r_p: int = 3) -> torch.Tensor:
+                 handles_rc: torch.Tensor, r_p: int = 3, patch: int = 0) -> torch.Tensor:
     """Nearest neighbour (L1) of each original handle feature F0[h0_i] in the window of radius r_p around h_i.
 
-    Returns new integer handles (N, 2) as floats. Windows are clipped at the grid border.
+    `patch` = k > 0 compares (2k+1)² patches of features around the two points instead of single vectors
+    (borders repeat), so a handle inside a flat region is located by the region's edges too; 0 is the
+    official tracker. Returns new integer handles (N, 2) as floats. Windows are clipped at the grid border.
     """
     _, _, h, w = feat0_bchw.shape
+    k = int(patch)
+    f0p = F.pad(feat0_bchw.float(), (k, k, k, k), mode="replicate") if k else feat0_bchw
+    fp = F.pad(feat_bchw.float(), (k, k, k, k), mode="replicate") if k else feat_bchw
     new = handles_rc.clone().float()
     for i, (p0, p) in enumerate(zip(handles0_rc, handles_rc)):
-        f0 = feat0_bchw[0, :, int(p0[0]), int(p0[1])]
         r1, r2 = max(0, int(p[0]) - r_p), min(h, int(p[0]) + r_p + 1)
         c1, c2 = max(0, int(p[1]) - r_p), min(w, int(p[1]) + r_p + 1)
-        dist = (feat_bchw[0, :, r1:r2, c1:c2] - f0[:, None, None]).abs().sum(0)
+        dist = 0
+        for dy in range(-k, k + 1):
+            for dx in range(-k, k + 1):
+                f0 = f0p[0, :, int(p0[0]) + k + dy, int(p0[1]) + k + dx]
+                win = fp[0, :, r1 + k + dy:r2 + k + dy, c1 + k + dx:c2 + k + dx]
+                dist = dist + (win - f0[:, None, None]).abs().sum(0)
         row, col = divmod(int(dist.argmin()), dist.shape[1])
         new[i, 0], new[i, 1] = r1 + row, c1 + col
     return new
@@ -92,7 +101,7 @@ def drag_step(forward: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor
               optimizer: torch.optim.Optimizer, feat0_bchw: torch.Tensor, x_prev_0: torch.Tensor,
               handles0_rc: torch.Tensor, handles_rc: torch.Tensor, targets_rc: torch.Tensor,
               mask_latent: torch.Tensor | None, *, r_m: int, r_p: int, lam: float, reach_distance: float,
-              track: bool) -> StepOutput:
+              track: bool, track_patch: int = 0) -> StepOutput:
     """One DragDiffusion iteration on `latent` (a leaf tensor the optimizer owns), as the official loop:
 
     1. `forward(latent) -> (features on the grid (1, C, h, w), x_{t-1} (1, C, h', w'))`;
@@ -103,7 +112,7 @@ def drag_step(forward: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor
     """
     feat, x_prev = forward(latent)
     if track:
-        handles_rc = track_points(feat0_bchw, feat.detach(), handles0_rc, handles_rc, r_p)
+        handles_rc = track_points(feat0_bchw, feat.detach(), handles0_rc, handles_rc, r_p, track_patch)
     if all_reached(handles_rc, targets_rc, reach_distance):
         optimizer.zero_grad(set_to_none=True)
         return StepOutput(0.0, 0.0, 0.0, handles_rc, True, True)

@@ -451,7 +451,7 @@ class DragSession:
                             so = drag_step(self._forward, self._latent, self._opt, fc["feat0"], fc["x_prev0"],
                                            self._handles0_rc, self._handles_rc, self._targets_rc,
                                            self._get_mask_latent(), r_m=c.r_m, r_p=c.r_p, lam=c.lam,
-                                           reach_distance=c.reach_distance,
+                                           reach_distance=c.reach_distance, track_patch=c.track_patch,
                                            track=self.n_steps > 0)
                     except RuntimeError as e:  # e.g. Adam's "value cannot be converted ... without overflow"
                         if "overflow" not in str(e) and "nan" not in str(e).lower():

@@ -1,6 +1,8 @@
 """Motion supervision and point tracking on synthetic feature maps (no model)."""
+import pytest
 import torch
 
+from dragnb.config import DragConfig
 from dragnb.drag import all_reached, drag_step, mask_loss, motion_supervision_loss, sample_patch, track_points
 
 
@@ -38,6 +40,23 @@ def test_tracking_window_limits_the_search():
     h0 = torch.tensor([[10.0, 10.0]])
     new = track_points(f0, f1, h0, h0.clone(), r_p=3)
     assert abs(new[0, 1] - 10) <= 3 and new[0, 1] == 13   # best it can do is the window's edge toward the blob
+
+
+def test_patch_tracking_locates_a_handle_inside_a_flat_region():
+    """Inside a flat region every cell has the handle's own feature vector, so the official single-vector
+    tracker may land anywhere in it; a patch as wide as the region also matches its edges."""
+    f0 = torch.zeros(1, 1, 24, 24)
+    f0[..., 10:15, 10:15] = 1.0                 # a flat 5x5 square centred on (12, 12)
+    f1 = torch.zeros(1, 1, 24, 24)
+    f1[..., 10:15, 12:17] = 1.0                 # moved 2 cells right
+    h0 = torch.tensor([[12.0, 12.0]])
+    assert track_points(f0, f1, h0, h0.clone(), r_p=3).tolist() != [[12.0, 14.0]]
+    assert track_points(f0, f1, h0, h0.clone(), r_p=3, patch=2).tolist() == [[12.0, 14.0]]
+    # on textured features the two agree on a clean shift
+    a, b = blob_features((12, 12)), blob_features((14, 15))
+    assert track_points(a, b, h0, h0.clone(), r_p=3, patch=1).tolist() == [[14.0, 15.0]]
+    with pytest.raises(ValueError, match="track_patch"):
+        DragConfig(track_patch=-1).validate()
 
 
 def test_motion_loss_moves_a_blob_toward_the_target():
