@@ -46,8 +46,9 @@ METHODS = {
 }
 SHORT = {"full": "full", "nolora": "no LoRA (lora_steps=0)", "nomask": "no mask term (lam=0)",
          "nomutual": "no mutual self-attention", "steps20": "20 drag steps",
-         "lora40": "LoRA 40 steps, lr 5e-4", "lora80": "official LoRA (80 steps, lr 5e-4)", "lora40lr": "LoRA 40 steps, lr 1e-3",
-         "lorab2": "LoRA batch 2", "trackpatch": "patch tracker (track_patch=2)", "rm3": "r_m=3 (7x7-cell patch)", "rm5": "r_m=5 (11x11-cell patch)"}
+         "lora40": "LoRA 40 steps, lr 5e-4", "lora80": "official LoRA (80 steps, lr 5e-4)",
+         "lora40lr": "LoRA 40 steps, lr 1e-3", "lorab2": "LoRA batch 2", "trackpatch": "patch tracker (track_patch=2)",
+         "rm3": "r_m=3 (7x7-cell patch)", "rm5": "r_m=5 (11x11-cell patch)"}
 
 
 def run_methods(model, case, overrides_list: list[dict], seed: int = 0) -> list[tuple]:
@@ -177,7 +178,7 @@ def main(argv=None) -> dict:
     if args.workers > 1:
         import multiprocessing as mp
         pool = mp.get_context("spawn").Pool(args.workers, _worker_init,
-                                                   (max(1, args.threads // args.workers), args.weights))
+                                            (max(1, args.threads // args.workers), args.weights))
         results_iter = pool.imap(_worker_case, [(c, ovs) for _, c, _, ovs in jobs])
     else:
         results_iter = (score_methods(model, c, ovs) for _, c, _, ovs in jobs)

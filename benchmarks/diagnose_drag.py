@@ -8,8 +8,8 @@ made to the step-t latent, d = z_edited - z_t, and denoises three latents the sa
 (mutual self-attention on): z_t + d (the result), z_t + d with every element's sign drawn at random (same
 magnitudes: what per-element noise of that size does), and z_t + d low-passed (a Gaussian blur of σ = 2 px
 in image space; the latent is `pixel_unshuffle` of the noisy image). Prints the scores and writes a grid:
-input | result | random signs | low-passed | ground truth. It reads session internals (`_latent`,
-`_inv_cache`, `_denoise`): a diagnostic, not an API example.
+input | result | random signs | low-passed | ground truth. It uses the session's `latent_at(0)`,
+`current_latent()` and `render_latent()`.
 """
 from __future__ import annotations
 

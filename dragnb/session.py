@@ -543,11 +543,15 @@ class DragSession:
                 self.step(target - base)
         self._emit("rewind")
 
+    def _inverted_latent(self) -> torch.Tensor:
+        """The cached step-t latent of the DDIM inversion (the session must be prepared)."""
+        return self._inv_cache[self._keys()[1]]["zt"]
+
     def latent_at(self, step: int):
         """The latent after `step` (0 = the inverted latent) if a snapshot holds it, else None."""
         snap = self._snapshots.get(int(step))
         if snap is None and int(step) == 0 and self.is_prepared:
-            return self._inv_cache[self._keys()[1]]["zt"].clone()
+            return self._inverted_latent().clone()
         return None if snap is None else snap["latent"].clone()
 
     # ---------------------------------------------------------------- looking
@@ -561,12 +565,12 @@ class DragSession:
             return self._latent.detach()
         if not self.is_prepared:
             self.prepare(progress=False)
-        return self._inv_cache[self._keys()[1]]["zt"]
+        return self._inverted_latent()
 
     @torch.no_grad()
     def _denoise(self, z_hat, mutual: bool) -> torch.Tensor:
         c, m = self._config, self.model
-        zt = self._inv_cache[self._keys()[1]]["zt"]
+        zt = self._inverted_latent()
         fn = self._unet_fn(c.guidance_scale)
         k = c.drag_step_index
         with lora.applied(m.unet, self._lora_state()):
@@ -603,7 +607,7 @@ class DragSession:
         with self._lock:
             if not self.is_prepared:
                 self.prepare(progress=False)
-            zt = self._inv_cache[self._keys()[1]]["zt"]
+            zt = self._inverted_latent()
             z = torch.as_tensor(latent)
             if tuple(z.shape) != tuple(zt.shape):
                 raise ValueError(f"latent has shape {tuple(z.shape)} but this session's step-t latents are "
@@ -616,7 +620,7 @@ class DragSession:
         with self._lock:
             if not self.is_prepared:
                 self.prepare(progress=False)
-            return self._to_pil(self._denoise(self._inv_cache[self._keys()[1]]["zt"], False))
+            return self._to_pil(self._denoise(self._inverted_latent(), False))
 
     @torch.no_grad()
     def preview(self) -> Image.Image:

@@ -75,8 +75,8 @@ def upgrade_full_res_attention(unet):
     """A copy of a DEMO_UNET_CONFIG-shaped `unet` with FULL_RES_ATTENTION's block types.
 
     Every weight of `unet` with a place in the new UNet is kept; the mid block's transformer block and
-    second resnet are dropped; the new 16×16 transformer blocks start with `proj_out` zeroed, so each adds nothing until
-    trained. Raises ValueError for a UNet that already has attention at 16×16.
+    second resnet are dropped; the new 16×16 transformer blocks start with `proj_out` zeroed, so each adds
+    nothing until trained. Raises ValueError for a UNet that already has attention at 16×16.
     """
     from diffusers import UNet2DConditionModel
     cfg = dict(unet.config)

@@ -190,7 +190,8 @@ def main(argv=None) -> None:
         init_info = json.loads(meta_path.read_text()).get("training") if meta_path.exists() else None
     else:
         if args.upgrade:
-            raise ValueError(f"--upgrade {args.upgrade} changes an existing model: pass the folder to start from with --init")
+            raise ValueError(f"--upgrade {args.upgrade} changes an existing model: "
+                             "pass the folder to start from with --init")
         unet = M.build_demo_unet().to(device).train()
     ema = copy.deepcopy(unet).eval().requires_grad_(False)
     sched = M.build_demo_scheduler()
