@@ -11,18 +11,22 @@ A checkpoint such as ``v1-5-pruned-emaonly.safetensors`` holds three state dicts
 architecture comes from, in this order: ``config=`` (a local diffusers folder or a dict like
 `dragnb.models.sd15_configs()`), else the SD-1.5 configs with every width/depth read from the tensor shapes.
 Nothing here touches the network: no ``from_single_file``, no hub config look-up.
+
+This module returns components (`SingleFileComponents`); `dragnb.models.load_model` builds the `DragModel` from
+them, so `checkpoint` never imports `models` (both take the shared SD-1.x pieces from `dragnb.sd_configs`).
 """
 from __future__ import annotations
 
 import os
 import re
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .models import SD_SCHEDULER_CONFIG, DragModel, _ddim, _ddim_from_any, make_byte_tokenizer, sd15_configs
+from .sd_configs import SD_SCHEDULER_CONFIG, ddim_from_any, ddim_scheduler, make_byte_tokenizer, sd15_configs
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
@@ -31,6 +35,25 @@ CLIP_VOCAB_SIZE = 49408  # openai/clip-vit-large-patch14, the SD-1.x text encode
 _CACHED_CLIP_TOKENIZERS = (("openai/clip-vit-large-patch14", None),
                            ("stable-diffusion-v1-5/stable-diffusion-v1-5", "tokenizer"),
                            ("runwayml/stable-diffusion-v1-5", "tokenizer"))
+
+
+@dataclass
+class SingleFileComponents:
+    """What `load_single_file` reads: float32 CPU modules and a DDIM scheduler, ready for a `DragModel`.
+
+    `dragnb.models.load_model` builds the model: ``DragModel(**components.as_kwargs())``.
+    """
+    unet: Any           # diffusers UNet2DConditionModel
+    vae: Any            # diffusers AutoencoderKL
+    text_encoder: Any   # transformers CLIPTextModel
+    tokenizer: Any      # a CLIPTokenizer (or the byte-level stand-in, see `load_single_file`)
+    scheduler: Any      # a diffusers DDIMScheduler
+    name: str           # the file's base name, e.g. "v1-5-pruned-emaonly.safetensors"
+
+    def as_kwargs(self) -> dict:
+        """The fields as keyword arguments of `DragModel`."""
+        return dict(unet=self.unet, vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer,
+                    scheduler=self.scheduler, name=self.name)
 
 
 # ---- reading -------------------------------------------------------------------------------------
@@ -292,7 +315,7 @@ def _tokenizer(tokenizer: Any, folder: Path | None, vocab_size: int, max_length:
 
 
 def load_single_file(path: str | os.PathLike, config: Any = None, tokenizer: Any = None,
-                     extract_ema: bool = True) -> DragModel:
+                     extract_ema: bool = True) -> SingleFileComponents:
     """Load a single-file SD-1.x checkpoint (``.safetensors``, or ``.ckpt`` read with ``weights_only=True``), offline.
 
     Args:
@@ -310,8 +333,9 @@ def load_single_file(path: str | os.PathLike, config: Any = None, tokenizer: Any
         extract_ema: take the EMA UNet weights (``model_ema.*``) when the file holds both (better for sampling).
 
     Returns:
-        a float32 CPU `DragModel` with a DDIM scheduler (SD's betas, `SD_SCHEDULER_CONFIG`, or ``config=``'s
-        ``scheduler/``); `load_model` moves it to the device and dtype asked for.
+        `SingleFileComponents`: float32 CPU unet, vae, text encoder, the tokenizer and a DDIM scheduler (SD's
+        betas, `SD_SCHEDULER_CONFIG`, or ``config=``'s ``scheduler/``). ``load_model(path)`` builds the
+        `DragModel` from them and moves it to the device and dtype asked for.
     """
     path = os.fspath(path)
     sd = read_state_dict(path)
@@ -329,12 +353,12 @@ def load_single_file(path: str | os.PathLike, config: Any = None, tokenizer: Any
                     "pad_token_id": tok.pad_token_id}
     if folder is not None and (folder / "scheduler").is_dir():
         from diffusers import DDIMScheduler
-        scheduler = _ddim_from_any(DDIMScheduler.load_config(folder / "scheduler"))
+        scheduler = ddim_from_any(DDIMScheduler.load_config(folder / "scheduler"))
     else:
-        scheduler = _ddim(SD_SCHEDULER_CONFIG)
-    return DragModel(unet=_unet(sd, unet_cfg, path, extract_ema), vae=_vae(sd, vae_cfg, path),
-                     text_encoder=_text(sd, text_cfg, path), tokenizer=tok, scheduler=scheduler,
-                     name=os.path.basename(path))
+        scheduler = ddim_scheduler(SD_SCHEDULER_CONFIG)
+    return SingleFileComponents(unet=_unet(sd, unet_cfg, path, extract_ema), vae=_vae(sd, vae_cfg, path),
+                                text_encoder=_text(sd, text_cfg, path), tokenizer=tok, scheduler=scheduler,
+                                name=os.path.basename(path))
 
 
 def load_vae_file(path: str | os.PathLike, config: Any = None):

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,15 +21,14 @@ import torch
 import torch.nn.functional as F
 
 from .config import DragConfig
+from .sd_configs import SD_SCHEDULER_CONFIG, ddim_from_any, ddim_scheduler, make_byte_tokenizer, sd15_configs
+
+# the SD-1.x helpers live in dragnb.sd_configs (shared with dragnb.checkpoint) and stay importable from here
+__all__ = ["DragModel", "load_model", "tiny_model", "random_sd15", "save_diffusers_folder", "SD_SCHEDULER_CONFIG",
+           "sd15_configs", "make_byte_tokenizer", "ddim_scheduler", "ddim_from_any"]
+_ddim, _ddim_from_any = ddim_scheduler, ddim_from_any  # former private names, kept for old imports
 
 DEMO_DIR = Path(__file__).parent / "demo" / "weights"
-
-SD_SCHEDULER_CONFIG = dict(
-    num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-    clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon",
-    timestep_spacing="leading",
-)
-
 
 @dataclass
 class DragModel:
@@ -157,33 +155,6 @@ def _pick_device_dtype(device, dtype):
 
 # ---- builders ------------------------------------------------------------------------------------
 
-def make_byte_tokenizer(model_max_length: int = 77):
-    """A CLIP tokenizer with a byte-level vocabulary (no merges) built locally: no hub needed."""
-    from transformers import CLIPTokenizer
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs, n = bs[:], 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b); cs.append(256 + n); n += 1
-    chars = [chr(c) for c in cs]
-    vocab = {c: i for i, c in enumerate(chars)}
-    vocab.update({c + "</w>": 256 + i for i, c in enumerate(chars)})
-    vocab["<|startoftext|>"] = 512
-    vocab["<|endoftext|>"] = 513
-    with tempfile.TemporaryDirectory(prefix="dragnb_tok_") as d:   # read at construction, then removed
-        with open(os.path.join(d, "vocab.json"), "w") as f:
-            json.dump(vocab, f)
-        with open(os.path.join(d, "merges.txt"), "w") as f:
-            f.write("#version: 0.2\n")
-        return CLIPTokenizer(os.path.join(d, "vocab.json"), os.path.join(d, "merges.txt"),
-                             model_max_length=model_max_length)
-
-
-def _ddim(config: dict):
-    from diffusers import DDIMScheduler
-    return DDIMScheduler(**config)
-
-
 def tiny_model(seed: int = 0, device=None, dtype=None, prediction_type: str = "epsilon") -> DragModel:
     """An SD-shaped model from small configs (random weights, ~1 s to build) for tests.
 
@@ -208,25 +179,9 @@ def tiny_model(seed: int = 0, device=None, dtype=None, prediction_type: str = "e
         hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, vocab_size=1000,
         max_position_embeddings=77, bos_token_id=512, eos_token_id=513, pad_token_id=513))
     m = DragModel(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=make_byte_tokenizer(),
-                  scheduler=_ddim({**SD_SCHEDULER_CONFIG, "prediction_type": prediction_type}), name=f"tiny-{seed}",
+                  scheduler=ddim_scheduler({**SD_SCHEDULER_CONFIG, "prediction_type": prediction_type}), name=f"tiny-{seed}",
                   config_overrides=dict(attn_start_layer=4))  # 10/16 of SD's blocks ~ 4/7
     return m.to(device, dtype)
-
-
-def sd15_configs() -> dict:
-    """The Stable Diffusion 1.5 component configs (unet, vae, text encoder), for `random_sd15()`."""
-    return dict(
-        unet=dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, cross_attention_dim=768,
-                  block_out_channels=(320, 640, 1280, 1280), attention_head_dim=8,
-                  down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-                  up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3),
-        vae=dict(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(128, 256, 512, 512),
-                 layers_per_block=2, down_block_types=("DownEncoderBlock2D",) * 4,
-                 up_block_types=("UpDecoderBlock2D",) * 4, sample_size=512, scaling_factor=0.18215),
-        text=dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12,
-                  vocab_size=49408, max_position_embeddings=77, hidden_act="quick_gelu",
-                  bos_token_id=512, eos_token_id=513, pad_token_id=513),
-    )
 
 
 def random_sd15(device=None, dtype=None, seed: int = 0) -> DragModel:
@@ -238,7 +193,7 @@ def random_sd15(device=None, dtype=None, seed: int = 0) -> DragModel:
     c = sd15_configs()
     m = DragModel(unet=UNet2DConditionModel(**c["unet"]), vae=AutoencoderKL(**c["vae"]),
                   text_encoder=CLIPTextModel(CLIPTextConfig(**c["text"])), tokenizer=make_byte_tokenizer(),
-                  scheduler=_ddim(SD_SCHEDULER_CONFIG), name="random-sd15")
+                  scheduler=ddim_scheduler(SD_SCHEDULER_CONFIG), name="random-sd15")
     return m.to(device, dtype)
 
 
@@ -276,7 +231,7 @@ def load_model(name_or_path: str | os.PathLike = "demo", device=None, dtype=None
             raise ValueError(f"model file {name!r} is not a .safetensors or .ckpt checkpoint: pass a single-file SD-1.x "
                              "checkpoint, a diffusers folder, 'demo', or a hub id")
         from .checkpoint import load_single_file
-        model = load_single_file(name, config=config, tokenizer=tokenizer)
+        model = DragModel(**load_single_file(name, config=config, tokenizer=tokenizer).as_kwargs())
     elif name.endswith((".safetensors", ".ckpt")) or name.startswith((".", "/", "~")):
         raise ValueError(f"model path {name!r} does not exist: check the path, or use 'demo' (the shipped model)")
     elif name.count("/") == 1 and all(name.split("/")):
@@ -325,18 +280,8 @@ def _load_diffusers_folder(path: str, **kw) -> DragModel:
         vae=AutoencoderKL.from_pretrained(p / "vae", **kw),
         text_encoder=CLIPTextModel.from_pretrained(p / "text_encoder", **kw),
         tokenizer=CLIPTokenizer.from_pretrained(p / "tokenizer"),
-        scheduler=_ddim_from_any(sched_cfg), name=str(p.resolve()),
+        scheduler=ddim_from_any(sched_cfg), name=str(p.resolve()),
     )
-
-
-def _ddim_from_any(cfg: dict):
-    """A DDIMScheduler from any scheduler's config (PNDM in SD-1.5 folders), keeping betas and prediction type."""
-    from diffusers import DDIMScheduler
-    keep = {k: v for k, v in cfg.items() if not k.startswith("_")}
-    s = DDIMScheduler.from_config(keep)
-    if "clip_sample" not in keep:
-        s.register_to_config(clip_sample=False)
-    return s
 
 
 def _hub_hint(name: str) -> str:

@@ -13,10 +13,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from dragnb.checkpoint import load_single_file, load_vae_file
+from dragnb.checkpoint import SingleFileComponents, load_single_file, load_vae_file
 from dragnb.config import DragConfig
-from dragnb.models import (SD_SCHEDULER_CONFIG, DragModel, load_model, make_byte_tokenizer, save_diffusers_folder,
-                           sd15_configs, tiny_model)
+from dragnb.models import (SD_SCHEDULER_CONFIG, DragModel, ddim_scheduler, load_model, make_byte_tokenizer,
+                           save_diffusers_folder, sd15_configs, tiny_model)
 from ldm_keys import model_to_ldm, vae_to_ldm
 
 
@@ -114,6 +114,7 @@ def test_single_file_ckpt_with_config_dict(tiny, tiny_ldm, tmp_path):
     path = tmp_path / "tiny.ckpt"
     torch.save({"state_dict": tiny_ldm, "global_step": 123}, path)
     m = load_single_file(path, config=tiny_config_dict(tiny), tokenizer=None)
+    assert isinstance(m, SingleFileComponents) and m.name == "tiny.ckpt"  # components; load_model builds the model
     assert_same_model(tiny, m)
     assert m.scheduler.config.prediction_type == "epsilon"
     assert m.scheduler.config.beta_schedule == SD_SCHEDULER_CONFIG["beta_schedule"]
@@ -132,7 +133,6 @@ def sd_shaped_mini(seed: int = 0) -> DragModel:
     12 text heads, quick_gelu, CLIP's 49408-token vocabulary."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
-    from dragnb.models import _ddim
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(sample_size=64, layers_per_block=1, block_out_channels=(32, 64), norm_num_groups=32,
                                 cross_attention_dim=48, attention_head_dim=8,
@@ -144,7 +144,7 @@ def sd_shaped_mini(seed: int = 0) -> DragModel:
                                         num_hidden_layers=1, vocab_size=49408, max_position_embeddings=77,
                                         hidden_act="quick_gelu", bos_token_id=512, eos_token_id=513, pad_token_id=513))
     return DragModel(unet=unet, vae=vae, text_encoder=text, tokenizer=make_byte_tokenizer(),
-                     scheduler=_ddim(SD_SCHEDULER_CONFIG))
+                     scheduler=ddim_scheduler(SD_SCHEDULER_CONFIG))
 
 
 def test_single_file_architecture_read_from_shapes(tmp_path, monkeypatch):
@@ -157,7 +157,7 @@ def test_single_file_architecture_read_from_shapes(tmp_path, monkeypatch):
     save_file(model_to_ldm(src), str(path))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        m = load_single_file(path)
+        m = DragModel(**load_single_file(path).as_kwargs())
     messages = " | ".join(str(w.message) for w in caught)
     assert "differs from SD-1.5" in messages and "block_out_channels" in messages
     assert "byte-level stand-in" in messages and "tokenizer=" in messages  # CLIP vocab, no CLIP tokenizer cached
@@ -179,7 +179,7 @@ def test_single_file_tokenizer_folder(tiny, tiny_folder, tiny_ldm, tmp_path):
     path = tmp_path / "tiny.safetensors"
     save_file(tiny_ldm, str(path))
     tiny.tokenizer.save_pretrained(tmp_path / "tok")
-    m = load_single_file(path, config=tiny_config_dict(tiny), tokenizer=tmp_path / "tok")
+    m = DragModel(**load_single_file(path, config=tiny_config_dict(tiny), tokenizer=tmp_path / "tok").as_kwargs())
     assert len(m.tokenizer) == len(tiny.tokenizer) == 514 and m.tokenizer.model_max_length == 77
     ids = lambda tok: tok(["a red car"], padding="max_length", max_length=77).input_ids  # noqa: E731
     assert ids(m.tokenizer) == ids(tiny.tokenizer)
@@ -248,6 +248,26 @@ def test_single_file_vae(tiny, tiny_folder, tmp_path):
     assert_same_weights(vae, other.vae, "vae")
     with pytest.raises(ValueError, match="config="):  # widths 16/32 do not fit SD's 32 groups: no silent guess
         load_vae_file(path)
+
+
+def test_no_import_circle_between_checkpoint_and_models():
+    """checkpoint returns components and models builds the DragModel: checkpoint imports nothing from models, and
+    the shared SD-1.x pieces live below both (sd_configs imports neither); the old names stay in dragnb.models."""
+    import ast
+    import importlib
+    import dragnb.checkpoint as checkpoint
+    import dragnb.models as models
+    import dragnb.sd_configs as sd_configs
+
+    def imported(module) -> set[str]:
+        tree = ast.parse(open(module.__file__).read())
+        return {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level == 1}
+
+    assert "models" not in imported(checkpoint) and "sd_configs" in imported(checkpoint)
+    assert not imported(sd_configs) & {"models", "checkpoint", "session", "config"}
+    for name in ("SD_SCHEDULER_CONFIG", "sd15_configs", "make_byte_tokenizer", "ddim_scheduler", "ddim_from_any"):
+        assert getattr(models, name) is getattr(sd_configs, name)
+    assert importlib.import_module("dragnb.models")._ddim_from_any is sd_configs.ddim_from_any
 
 
 # ---- names, paths, hub, dtype --------------------------------------------------------------------
