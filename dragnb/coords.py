@@ -2,9 +2,11 @@
 points are converted to the supervision grid `(row, col)` and back.
 
 Resize policy: the model works on a size whose sides are multiples of `model.size_multiple` (8 × UNet
-downsampling; 64 for SD) and, for models with `max_side`, no larger than it. The user's image is resized
-(bilinear) to that working size, points are mapped with the per-axis scale, and results are resized back
-to the user's size; so points and results are always in the user's image pixels.
+downsampling; 64 for SD) and whose longer side is at most `model.max_side` (default
+`dragnb.models.DEFAULT_MAX_SIDE` = 1024 for SD-size models, 64 for the shipped demo model; set it to None for no
+limit). The user's image is resized (bilinear) to that working size, with a warning, points are mapped with the
+per-axis scale, and results are resized back to the user's size; so points and results are always in the user's
+image pixels.
 """
 from __future__ import annotations
 
@@ -13,17 +15,47 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
+
+
+def _open(path, what: str) -> Image.Image:
+    """Open and read an image file, or a ValueError naming the file and the fix."""
+    if not os.path.isfile(path):
+        raise ValueError(f"{what} file {os.fspath(path)!r} does not exist: pass an existing path, a PIL.Image or "
+                         "an array")
+    try:
+        img = Image.open(path)
+        img.load()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:  # PIL's errors for unreadable files
+        raise ValueError(f"{what} file {os.fspath(path)!r} is not a readable image ({type(e).__name__}: "
+                         f"{str(e)[:160]}): pass a PNG or JPEG file") from e
+    return img
+
+
+def _upright(img: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation tag (phone photos are stored sideways with a tag saying so)."""
+    try:
+        orientation = img.getexif().get(0x0112, 1)
+    except Exception:  # a damaged EXIF block: keep the pixels as stored
+        return img
+    return ImageOps.exif_transpose(img) if orientation not in (None, 1) else img
+
+
+def _check_finite(arr: np.ndarray, what: str) -> None:
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        raise ValueError(f"{what} holds {int(bad.sum())} NaN/inf value(s) (of {arr.size}): replace them (e.g. "
+                         "np.nan_to_num) before passing it")
 
 
 def load_image(image) -> Image.Image:
-    """PIL.Image | HxWx3 (or HxWx4, HxW) uint8/uint16/float array | path -> RGB PIL.Image (converted with a warning)."""
+    """PIL.Image | HxWx3 (or HxWx4, HxW) uint8/uint16/float array | path -> upright RGB PIL.Image.
+
+    Paths and PIL images are turned upright by their EXIF orientation tag (as photo viewers show them). Float
+    arrays must be finite and in [0, 1]; 16-bit, grayscale and transparent images are converted with a warning.
+    """
     if isinstance(image, (str, os.PathLike)):
-        if not os.path.isfile(image):
-            raise ValueError(f"image file {os.fspath(image)!r} does not exist: pass an existing path, a PIL.Image or "
-                             "an HxWx3 uint8 array")
-        image = Image.open(image)
-        image.load()
+        image = _open(image, "image")
     if isinstance(image, np.ndarray):
         arr = image
         if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (1, 3, 4)):
@@ -31,11 +63,12 @@ def load_image(image) -> Image.Image:
         if arr.dtype == np.uint16:
             warnings.warn("16-bit image converted to 8-bit (values / 257)", stacklevel=3)
             arr = (arr.astype(np.float64) / 257.0).round().astype(np.uint8)
-        elif arr.dtype in (np.float32, np.float64):
-            if arr.min() < 0 or arr.max() > 1:
+        elif np.issubdtype(arr.dtype, np.floating):
+            _check_finite(arr, "float image")
+            if arr.size and (arr.min() < 0 or arr.max() > 1):
                 raise ValueError(f"float image values span [{arr.min():.3g}, {arr.max():.3g}]: use floats in [0, 1] "
                                  "or uint8 in [0, 255]")
-            arr = (arr * 255).round().astype(np.uint8)
+            arr = (arr.astype(np.float64) * 255).round().astype(np.uint8)
         elif arr.dtype == bool or arr.dtype != np.uint8:
             raise ValueError(f"image array dtype {arr.dtype} is not supported: use uint8 (0-255), uint16, or float in [0, 1]")
         if arr.ndim == 3 and arr.shape[2] == 1:
@@ -44,10 +77,12 @@ def load_image(image) -> Image.Image:
     if not isinstance(image, Image.Image):
         raise TypeError(f"image of type {type(image).__name__} is not supported: pass a PIL.Image, an HxWx3 uint8 "
                         "array or a path")
+    image = _upright(image)
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        warnings.warn(f"{image.mode} image converted to 8-bit grayscale, then RGB", stacklevel=3)
         arr = np.asarray(image).astype(np.float64)
-        scale = 257.0 if arr.max() > 255 else 1.0
+        _check_finite(arr, f"{image.mode} image")
+        warnings.warn(f"{image.mode} image converted to 8-bit grayscale, then RGB", stacklevel=3)
+        scale = 257.0 if arr.size and arr.max() > 255 else 1.0
         image = Image.fromarray((arr / scale).clip(0, 255).round().astype(np.uint8))
     if image.mode == "RGBA" or image.mode == "LA" or (image.mode == "P" and "transparency" in image.info):
         warnings.warn(f"{image.mode} image converted to RGB: transparent pixels composited on white", stacklevel=3)
@@ -62,21 +97,67 @@ def load_image(image) -> Image.Image:
     return image
 
 
+def _painted(channel: np.ndarray) -> np.ndarray:
+    """One mask channel -> bool "painted": bool as is; uint8 > 127 (or > 0 for a 0/1 mask); other integers
+    > 0; floats > 0.5 (must be finite, in [0, 1])."""
+    if channel.dtype == bool:
+        return channel
+    if np.issubdtype(channel.dtype, np.floating):
+        _check_finite(channel, "float mask")
+        if channel.size and (channel.min() < 0 or channel.max() > 1):
+            raise ValueError(f"float mask values span [{channel.min():.3g}, {channel.max():.3g}]: use floats in "
+                             "[0, 1] (thresholded at 0.5), a bool array, or uint8 0/255")
+        return channel > 0.5
+    if np.issubdtype(channel.dtype, np.integer):
+        return channel > (127 if channel.dtype == np.uint8 and channel.max(initial=0) > 1 else 0)
+    raise TypeError(f"mask dtype {channel.dtype} is not supported: use bool, uint8 (0/255), or float in [0, 1]")
+
+
 def load_mask(mask, size_wh: tuple[int, int]) -> np.ndarray | None:
-    """HxW bool/uint8 array, PIL 'L'/'1' image, path, or None -> HxW bool array (True = may change) or None."""
+    """Editable region -> HxW bool array (True = may change), or None (the whole image may change).
+
+    Accepted: an HxW array, an HxWx3 (RGB) or HxWx4 (RGBA) array, a PIL image of any mode, a path, or None.
+    Each value is read as "painted" by its type:
+
+    * bool: True; uint8: above 127 (a 0/1 uint8 mask: 1), other integers: non-zero — today's meaning;
+    * float (a soft mask, e.g. a feathered brush): above 0.5; floats must be finite and in [0, 1];
+    * colour masks (RGB/RGBA arrays and images): a pixel is editable when ANY of its colour channels is painted,
+      so a red, green, blue or white brush all mark the region (black = keep). Where an alpha channel is
+      present, pixels with alpha ≤ half (transparent) are not editable, whatever their colour.
+
+    Paths and PIL images are turned upright by their EXIF orientation tag, as `load_image` does for images.
+    """
     if mask is None:
         return None
     if isinstance(mask, (str, os.PathLike)):
-        mask = Image.open(mask)
+        mask = _open(mask, "mask")
     if isinstance(mask, Image.Image):
-        mask = np.asarray(mask.convert("L"))
-    mask = np.asarray(mask)
-    if mask.ndim == 3 and mask.shape[2] in (1, 3, 4):
-        mask = mask[..., 0]
+        mask = _upright(mask)
+        if mask.mode == "P":
+            mask = mask.convert("RGBA")
+        elif mask.mode not in ("1", "L", "LA", "RGB", "RGBA", "I", "I;16", "F"):
+            mask = mask.convert("RGBA" if "A" in mask.getbands() else "RGB")
+        mask = np.asarray(mask)
+    if not isinstance(mask, np.ndarray):
+        try:
+            mask = np.asarray(mask)
+        except Exception:
+            mask = None
+        if mask is None or mask.dtype == object:
+            raise TypeError("mask is not an array: pass an HxW bool/uint8 array, a PIL image, a path, or None")
     W, H = size_wh
-    if mask.shape != (H, W):
+    if mask.ndim == 3 and mask.shape[2] in (1, 2, 3, 4):
+        colour, alpha = (mask[..., :-1], mask[..., -1]) if mask.shape[2] in (2, 4) else (mask, None)
+        m = _painted(colour).any(axis=2)
+        if alpha is not None:
+            m &= _painted(alpha) if alpha.dtype != np.uint8 else alpha > 127
+    elif mask.ndim == 2:
+        m = _painted(mask)
+    else:
+        raise ValueError(f"mask of shape {mask.shape} is not a mask: give an HxW = ({H}, {W}) array, or HxWx3/HxWx4 "
+                         "for a colour mask")
+    if m.shape != (H, W):
         raise ValueError(f"mask of shape {mask.shape} does not match the {W}×{H} image: give an HxW = ({H}, {W}) array")
-    m = mask > (127 if mask.dtype == np.uint8 and mask.max() > 1 else 0)
     if not m.any():
         raise ValueError("mask has no editable pixel (all False/0): paint the region that may change (True/255), "
                          "or pass None to let the whole image change")
@@ -93,13 +174,31 @@ class Geometry:
 
     @classmethod
     def for_model(cls, image_wh, model, sup_res_scale: float):
-        """The working geometry of an image of `image_wh` on `model` (its size_multiple, latent_scale, max_side)."""
+        """The working geometry of an image of `image_wh` on `model` (its size_multiple, latent_scale, max_side).
+
+        The working size keeps the aspect ratio, has sides that are multiples of `model.size_multiple`, and a
+        longer side of at most `model.max_side` (None: no limit). Both resizes warn; the one for the size limit
+        names the setting (`model.max_side`) that changes it.
+        """
         multiple, latent_scale, max_side = model.size_multiple, model.latent_scale, model.max_side
+        if max_side is not None and (isinstance(max_side, bool) or not isinstance(max_side, (int, np.integer))
+                                     or max_side < multiple):
+            raise ValueError(f"model.max_side={max_side!r} is invalid: use a whole number of pixels ≥ {multiple} "
+                             "(this model's size multiple), or None for no limit")
         W, H = image_wh
-        s = 1.0 if max_side is None else min(1.0, max_side / max(W, H))
+        capped = max_side is not None and max(W, H) > max_side
+        s = max_side / max(W, H) if capped else 1.0
         w = max(multiple, int(round(W * s / multiple)) * multiple)
         h = max(multiple, int(round(H * s / multiple)) * multiple)
-        if (w, h) != (W, H):
+        if max_side is not None:  # rounding up to a multiple must not undo the limit
+            top = max(multiple, (int(max_side) // multiple) * multiple)
+            w, h = min(w, top), min(h, top)
+        if capped:
+            warnings.warn(f"image {W}×{H} is larger than this model's max_side={max_side}: it is worked on at {w}×{h} "
+                          f"(sides multiples of {multiple}); points are mapped and the result is resized back to "
+                          f"{W}×{H}. To work at a larger size set model.max_side (e.g. model.max_side = "
+                          f"{2 * max_side}, or None for no limit; time and memory grow with the area)", stacklevel=3)
+        elif (w, h) != (W, H):
             warnings.warn(f"image {W}×{H} is worked on at {w}×{h} (sides must be multiples of {multiple}"
                           + (f", at most {max_side}" if max_side else "") + "); points are mapped and the result is "
                           f"resized back to {W}×{H}", stacklevel=3)

@@ -25,10 +25,14 @@ from .sd_configs import SD_SCHEDULER_CONFIG, ddim_from_any, ddim_scheduler, make
 
 # the SD-1.x helpers live in dragnb.sd_configs (shared with dragnb.checkpoint) and stay importable from here
 __all__ = ["DragModel", "load_model", "tiny_model", "random_sd15", "save_diffusers_folder", "SD_SCHEDULER_CONFIG",
-           "sd15_configs", "make_byte_tokenizer", "ddim_scheduler", "ddim_from_any"]
+           "sd15_configs", "make_byte_tokenizer", "ddim_scheduler", "ddim_from_any", "DEFAULT_MAX_SIDE"]
 _ddim, _ddim_from_any = ddim_scheduler, ddim_from_any  # former private names, kept for old imports
 
 DEMO_DIR = Path(__file__).parent / "demo" / "weights"
+DEFAULT_MAX_SIDE = 1024
+"""Default `DragModel.max_side`: the longest side (pixels) an image is worked on at, e.g. a 4000×3000 photo is
+worked on at 1024×768 on SD-1.5 (with a warning) and the result resized back. Change it per model."""
+
 
 @dataclass
 class DragModel:
@@ -37,6 +41,11 @@ class DragModel:
     Exactly one of `vae` (an `AutoencoderKL`) and `codec_factor` (a fixed pixel codec: latents are
     `pixel_unshuffle(image, factor)`) is set. Prompts come from `text_encoder` + `tokenizer`, or from the
     fixed `prompt_embeds` (1, L, D) of a model trained without text.
+
+    `max_side` bounds the working size: images whose longer side is above it are worked on at that side (aspect
+    kept, a warning names the resize) and results are resized back. Default `DEFAULT_MAX_SIDE` (1024, twice
+    SD-1.5's native 512); the demo model sets its training size, 64. Set ``model.max_side = 2048`` to work
+    larger photos at more detail (time and memory grow with the area), or None for no limit.
     """
     unet: Any
     scheduler: Any
@@ -48,7 +57,7 @@ class DragModel:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     dtype: torch.dtype = torch.float32
     name: str = "model"
-    max_side: int | None = None
+    max_side: int | None = DEFAULT_MAX_SIDE
     config_overrides: dict = field(default_factory=dict)
 
     def __post_init__(self):
