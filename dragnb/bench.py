@@ -65,15 +65,9 @@ def bench_stages(model="tiny", size=None, device=None, dtype=None, drag_steps=10
         s.set_mask(mask)
         r = {}
         _sync(dev); _reset_peak(dev)
-        c = s.config
-        lk, ik, fk = s._keys()
-        # each stage timed on its own (prepare() runs them in order, each cached)
+        # each stage timed on its own through the cache's public stages (prepare() runs them in order, cached)
         t = time.perf_counter()
-        from . import lora as lora_mod
-        z0 = m.encode(s._image_tensor())
-        state = lora_mod.train_lora(m, z0, s._cond(), rank=c.lora_rank, steps=lora_steps, lr=c.lora_lr,
-                                    batch_size=c.lora_batch_size, seed=0) if lora_steps else None
-        s._lora_cache[lk] = state
+        s.cache.train_lora(s.spec)
         _sync(dev); r["lora_s"] = time.perf_counter() - t; r["lora_peak_mb"] = _peak_mb(dev); _reset_peak(dev)
         t = time.perf_counter(); s.prepare(progress=False)  # inversion + features (LoRA cached above)
         _sync(dev); r["inversion_and_features_s"] = time.perf_counter() - t; r["invert_peak_mb"] = _peak_mb(dev)
@@ -93,13 +87,12 @@ def bench_stages(model="tiny", size=None, device=None, dtype=None, drag_steps=10
         r["re_edit_cached_s"] = time.perf_counter() - t
         # naive baseline: every re-edit recomputes LoRA, inversion and source features (no caching), and every
         # drag step runs a second full UNet forward for the source features
-        s._lora_cache.clear(); s._inv_cache.clear(); s._feat_cache.clear()
+        s.clear_caches()
         t = time.perf_counter()
         s.set_drags([((0.35 * size, 0.5 * size), (0.6 * size, 0.45 * size))])
         s.prepare(progress=False)
-        fk2 = s._keys()[2]
         for _ in range(drag_steps):
-            s._feat_cache.pop(fk2, None)
+            s.cache.discard(s.spec, "features")
             s.prepare(progress=False)   # re-extract source features (one full UNet forward)
             s.step(1)
         s.result(); _sync(dev)

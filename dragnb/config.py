@@ -1,8 +1,8 @@
 """`DragConfig`: every knob of a drag edit in one place, defaults equal to the official DragDiffusion code.
 
 The official values come from Yujun-Shi/DragDiffusion (`drag_ui.py`, `utils/ui_utils.py`,
-`utils/drag_utils.py`). Fields are grouped by the cache they feed, so `DragSession` can tell which
-cache a change invalidates (see `LORA_FIELDS`, `INVERSION_FIELDS`, `FEATURE_FIELDS`).
+`utils/drag_utils.py`). The config is frozen: `replace(**changes)` (or `DragSession.configure`) is the only way
+to change it, so no change can skip invalidation. What each field invalidates is in `dragnb/invalidation.py`.
 """
 from __future__ import annotations
 
@@ -10,8 +10,13 @@ import dataclasses
 from dataclasses import dataclass, field, fields
 
 
-@dataclass
+@dataclass(frozen=True)
 class DragConfig:
+    # --- the drag method ---------------------------------------------------------------------------
+    method: str = "dragdiffusion"
+    """Drag method, by name (`dragnb.methods.available()`): "dragdiffusion" is the official loop (one timestep,
+    motion supervision against the current handle's features)."""
+
     # --- LoRA fine-tune on the input image (cached; see LORA_FIELDS) -----------------------------
     lora_rank: int = 16
     """Rank of the LoRA adapters on the attention projections (to_q, to_k, to_v, to_out.0)."""
@@ -64,6 +69,31 @@ class DragConfig:
     snapshot_every: int = 5
     """`history` keeps a copy of the latent every this many steps (for `rewind`); 1 = every step."""
 
+    def __post_init__(self):
+        """Coerce each field to its declared type, refusing what would be misread (2.5 steps, NaN, "3")."""
+        import math
+        import numbers
+        for f in fields(self):
+            v = getattr(self, f.name)
+            kind = f.type if isinstance(f.type, str) else f.type.__name__
+            if kind == "bool":
+                ok = isinstance(v, (bool,)) or type(v).__name__ == "bool_"
+                new = bool(v)
+            elif kind == "int":
+                ok = (isinstance(v, numbers.Integral) and not isinstance(v, bool)) or \
+                    (isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) and float(v).is_integer())
+                new = int(v) if ok else v
+            elif kind == "float":
+                ok = isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+                new = float(v) if ok else v
+            else:
+                ok, new = isinstance(v, str), v
+            if not ok:
+                what = {"int": "a whole number", "float": "a finite number", "bool": "True or False"}.get(kind, "a string")
+                raise TypeError(f"DragConfig.{f.name}={v!r} is not {what}: give {what} (default "
+                                f"{getattr(type(self), f.name)!r})")
+            object.__setattr__(self, f.name, new)
+
     def replace(self, **changes) -> "DragConfig":
         unknown = set(changes) - {f.name for f in fields(self)}
         if unknown:
@@ -96,6 +126,8 @@ class DragConfig:
         need(self.attn_start_layer >= 0, "attn_start_layer", "use a layer index >= 0 (official 10)")
         need(self.attn_start_step >= 0, "attn_start_step", "use a step index >= 0 (official 0)")
         need(self.snapshot_every >= 1, "snapshot_every", "use >= 1")
+        from .methods import available
+        need(self.method in available(), "method", f"use one of {available()}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -109,7 +141,3 @@ class DragConfig:
         """How many DDIM steps are inverted: round(strength * n) (official `n_actual_inference_step`)."""
         return round(self.inversion_strength * self.n_inference_steps)
 
-
-LORA_FIELDS = ("lora_rank", "lora_steps", "lora_lr", "lora_batch_size")
-INVERSION_FIELDS = ("n_inference_steps", "inversion_strength", "guidance_scale")
-FEATURE_FIELDS = ("feature_block", "sup_res_scale")

@@ -5,8 +5,6 @@ keeps its adapter weights itself and applies them around each use with `applied(
 """
 from __future__ import annotations
 
-import hashlib
-import json
 from contextlib import contextmanager
 
 import torch
@@ -47,9 +45,9 @@ def applied(unet, state: dict | None, rank: int | None = None):
     with torch.no_grad():
         for n, p in params.items():
             p.copy_(state[n].to(p.device, p.dtype))
-    unet.set_adapter(ADAPTER)
-    unet.enable_adapters()
-    try:
+    try:  # enabled inside the protected block: an interrupt at any point leaves the base UNet
+        unet.set_adapter(ADAPTER)
+        unet.enable_adapters()
         yield unet
     finally:
         unet.disable_adapters()
@@ -76,15 +74,15 @@ def train_lora(model, z0: torch.Tensor, cond: torch.Tensor, *, rank: int = 16, s
                 p.copy_(torch.randn(p.shape, generator=gen) / rank)
             else:
                 p.zero_()
-    unet.set_adapter(ADAPTER)
-    unet.enable_adapters()
-    for p in params.values():
-        p.requires_grad_(True)
     opt = torch.optim.AdamW(list(params.values()), lr=lr, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
-    unet.train()
     device = z0.device
     x0 = z0.float().expand(batch_size, *z0.shape[1:])
-    try:
+    try:  # enabled inside the protected block: an interrupt at any point leaves the base UNet
+        unet.set_adapter(ADAPTER)
+        unet.enable_adapters()
+        for p in params.values():
+            p.requires_grad_(True)
+        unet.train()
         for i in range(steps):
             noise = torch.randn(x0.shape, generator=gen).to(device)
             t = torch.randint(0, sched.config.num_train_timesteps, (batch_size,), generator=gen).to(device)
@@ -105,12 +103,6 @@ def train_lora(model, z0: torch.Tensor, cond: torch.Tensor, *, rank: int = 16, s
             p.requires_grad_(False)
         unet.disable_adapters()
     return {n: p.detach().float().cpu().clone() for n, p in params.items()}
-
-
-def cache_key(model_name: str, image_sha: str, prompt: str, seed: int, **lora_fields) -> str:
-    """What a LoRA depends on: the model, the image, the prompt, the seed and the LoRA settings."""
-    blob = json.dumps(dict(model=model_name, image=image_sha, prompt=prompt, seed=seed, **lora_fields), sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def save_lora(state: dict, path: str, metadata: dict | None = None) -> None:

@@ -1,125 +1,189 @@
-"""Save and load a `DragSession`: one safetensors file, tensors plus a JSON header (never pickle)."""
+"""Save and load a session's `state_dict()`: one safetensors file, tensors plus a JSON header (never pickle).
+
+The header holds the state dict's tree with each tensor, image and array replaced by a reference to a named
+tensor, a SHA-256 over the header and every tensor's bytes, and a fingerprint of the model's weights. Writes
+are atomic (a temporary file renamed into place). Every kind of damage raises `DamagedSessionFile`.
+Files of format version 1 (dragnb 0.1 before the cache/state rebuild) are converted on load.
+"""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-from dataclasses import asdict
+import tempfile
 
 import numpy as np
 import torch
 from PIL import Image
 
-from .config import DragConfig
-
 FORMAT = "dragnb-session"
-VERSION = 1
+VERSION = 2
 
 
-def save_session(s, path) -> None:
+class DamagedSessionFile(ValueError):
+    """This .dragnb file is damaged (truncated, edited, bit-flipped) or is not a dragnb session file."""
+
+
+def model_fingerprint(model) -> str:
+    """A cheap fingerprint of the model's UNet weights: shapes plus a strided sample of every tensor."""
+    h = hashlib.sha256()
+    for name, p in sorted(model.unet.state_dict().items()):
+        if "lora_" in name:          # a session's adapter is not the model
+            continue
+        flat = p.detach().reshape(-1)
+        idx = torch.linspace(0, flat.numel() - 1, steps=min(8, flat.numel())).long().to(flat.device)
+        h.update(f"{name}{tuple(p.shape)}".encode())
+        h.update(flat[idx].float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _flatten(tree, tensors: dict, path: str = ""):
+    """The tree with tensors/images/arrays moved into `tensors` (by path) and replaced by references."""
+    if isinstance(tree, torch.Tensor):
+        tensors[path] = tree.detach().cpu().contiguous()
+        return {"__tensor__": path}
+    if isinstance(tree, Image.Image):
+        tensors[path] = torch.from_numpy(np.asarray(tree.convert("RGB")).copy())
+        return {"__image__": path}
+    if isinstance(tree, np.ndarray):
+        tensors[path] = torch.from_numpy(tree.astype(np.uint8) if tree.dtype == bool else tree.copy())
+        return {"__array__": path, "bool": tree.dtype == bool}
+    if isinstance(tree, dict):
+        return {str(k): _flatten(v, tensors, f"{path}/{k}" if path else str(k)) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return [_flatten(v, tensors, f"{path}/{i}") for i, v in enumerate(tree)]
+    return tree
+
+
+def _unflatten(tree, tensors: dict, device):
+    if isinstance(tree, dict):
+        if "__tensor__" in tree:
+            return tensors[tree["__tensor__"]].to(device)
+        if "__image__" in tree:
+            return Image.fromarray(tensors[tree["__image__"]].numpy())
+        if "__array__" in tree:
+            a = tensors[tree["__array__"]].numpy()
+            return a.astype(bool) if tree.get("bool") else a
+        return {k: _unflatten(v, tensors, device) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_unflatten(v, tensors, device) for v in tree]
+    return tree
+
+
+def _digest(header: str, tensors: dict) -> str:
+    h = hashlib.sha256(header.encode())
+    for k in sorted(tensors):
+        t = tensors[k]
+        h.update(f"{k}{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def save_session(sd: dict, path, model=None) -> None:
+    """Write a session `state_dict()` to `path` atomically."""
     from safetensors.torch import save_file
-    lk, ik, fk = s._keys()
-    t: dict[str, torch.Tensor] = {"image": torch.from_numpy(np.asarray(s.image).copy())}
-    if s._mask is not None:
-        t["mask"] = torch.from_numpy(s._mask.astype(np.uint8))
-    lstate = s._lora_cache.get(lk)
-    for n, v in (lstate or {}).items():
-        t[f"lora/{n}"] = v
-    if ik in s._inv_cache:
-        for n, v in s._inv_cache[ik].items():
-            t[f"inv/{n}"] = v
-    if fk in s._feat_cache:
-        for n, v in s._feat_cache[fk].items():
-            t[f"feat/{n}"] = v
-    if s._generated is not None:
-        t["gen/latents"] = torch.cat(s._generated["latents"])
-    state = None
-    if s._latent is not None:
-        t["latent"] = s._latent.detach()
-        t["handles0_rc"], t["targets_rc"], t["handles_rc"] = s._handles0_rc, s._targets_rc, s._handles_rc
-        _put_opt(t, "opt", s._opt.state_dict())
-        for step, snap in s._snapshots.items():
-            t[f"snap/{step}/latent"] = snap["latent"]
-            t[f"snap/{step}/handles"] = snap["handles"]
-            _put_opt(t, f"snap/{step}/opt", snap["opt"])
-        state = dict(snapshots={str(k): v["reached"] for k, v in s._snapshots.items()}, reached=s._reached)
-    meta = dict(format=FORMAT, version=VERSION, model=s.model.name, prompt=s.prompt, seed=s.seed,
-                config=s.config.to_dict(), drags=[list(map(list, d)) for d in s._drags],
-                history=[asdict(r) for r in s._history], counters=s.counters, keys=[lk, ik, fk],
-                has_lora=lstate is not None, state=state, stop_reason=s.stop_reason,
-                generated=None if s._generated is None else dict(n=s._generated["n"], key=s._generated["key"]))
-    tensors = {k: v.detach().cpu().contiguous() for k, v in t.items()}
-    save_file(tensors, os.fspath(path), metadata={"dragnb": json.dumps(meta)})
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise ValueError(f"cannot save to {path!r}: the folder {folder!r} does not exist; create it first")
+    if os.path.isdir(path):
+        raise ValueError(f"cannot save to {path!r}: it is a folder; give a file name such as edit.dragnb")
+    tensors: dict[str, torch.Tensor] = {}
+    tree = _flatten(sd, tensors)
+    header = json.dumps(dict(format=FORMAT, version=VERSION, fingerprint=sd.get("fingerprint"), tree=tree))
+    fd, tmp = tempfile.mkstemp(prefix=".dragnb-", dir=folder)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={"dragnb": header, "dragnb_sha256": _digest(header, tensors)})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
-def _put_opt(t, prefix, sd):
-    st = sd["state"].get(0)
-    if st:
-        for k in ("step", "exp_avg", "exp_avg_sq"):
-            t[f"{prefix}/{k}"] = st[k].detach().clone().reshape(st[k].shape)
-
-
-def _get_opt(t, prefix, lr):
-    sd = {"state": {}, "param_groups": [{"lr": lr, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0,
-                                         "amsgrad": False, "maximize": False, "foreach": None, "capturable": False,
-                                         "differentiable": False, "fused": None, "decoupled_weight_decay": False,
-                                         "params": [0]}]}
-    if f"{prefix}/step" in t:
-        sd["state"][0] = {k: t[f"{prefix}/{k}"].clone() for k in ("step", "exp_avg", "exp_avg_sq")}
-    return sd
-
-
-def load_session(cls, path, model):
+def load_session(path, model) -> dict:
+    """Read a session file back into a `state_dict()` for `model`; refuses damage and another model clearly."""
     from safetensors import safe_open
-    from safetensors.torch import load_file
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise ValueError(f"session file {path!r} does not exist")
-    with safe_open(path, "pt") as f:
-        raw = (f.metadata() or {}).get("dragnb")
+    try:
+        with safe_open(path, "pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors raises its own error types on truncated or garbage files
+        raise DamagedSessionFile(f"this .dragnb file is damaged or is not a session file: {path!r} ({e})") from None
+    raw = meta.get("dragnb")
     if raw is None:
-        raise ValueError(f"{path!r} is not a dragnb session file (no 'dragnb' header)")
-    meta = json.loads(raw)
-    if meta.get("format") != FORMAT or meta.get("version") != VERSION:
-        raise ValueError(f"{path!r} has format {meta.get('format')} v{meta.get('version')}; this dragnb reads "
-                         f"{FORMAT} v{VERSION}")
-    if meta["model"] != model.name:
-        raise ValueError(f"{path!r} was saved with model {meta['model']!r} but {model.name!r} was given: load it "
-                         f"with the same model (load_model({meta['model']!r}))")
-    t = {k: v.to(model.device) if not k.startswith(("image", "mask")) else v for k, v in load_file(path).items()}
-    image = Image.fromarray(t["image"].numpy())
-    s = cls(model, image, prompt=meta["prompt"], seed=meta["seed"], config=DragConfig.from_dict(meta["config"]))
-    if meta["generated"] is not None:
-        lat = t["gen/latents"]
-        s._generated = dict(latents=list(lat.split(1)), n=meta["generated"]["n"], key=meta["generated"]["key"])
-    if "mask" in t:
-        s._mask = t["mask"].numpy().astype(bool)
-    s._drags = [(tuple(h), tuple(tt)) for h, tt in meta["drags"]]
-    lk, ik, fk = s._keys()
-    if (lk, ik, fk) != tuple(meta["keys"]):
-        raise ValueError(f"{path!r}: cache keys do not match this model/config; the file may come from another "
-                         "dragnb version")
-    if meta["has_lora"]:
-        s._lora_cache[lk] = {k[5:]: v.cpu() for k, v in t.items() if k.startswith("lora/")}
-    elif any(k.startswith("inv/") for k in t):
-        s._lora_cache[lk] = None
+        raise DamagedSessionFile(f"this .dragnb file is damaged or is not a session file: {path!r} has no 'dragnb' "
+                                 "header")
+    try:
+        head = json.loads(raw)
+        fmt, version = head.get("format"), head.get("version")
+    except (ValueError, AttributeError) as e:
+        raise DamagedSessionFile(f"this .dragnb file is damaged: its header is not valid JSON ({e})") from None
+    if fmt != FORMAT or version not in (1, VERSION):
+        raise ValueError(f"{path!r} has format {fmt} v{version}; this dragnb reads {FORMAT} v1 and v{VERSION}: "
+                         "upgrade dragnb to read it")
+    if version == 1:
+        return _from_v1(head, tensors, model, path)
+    if meta.get("dragnb_sha256") != _digest(raw, tensors):
+        raise DamagedSessionFile(f"this .dragnb file is damaged: {path!r} does not match its checksum (a changed "
+                                 "header or tensor)")
+    try:
+        sd = _unflatten(head["tree"], tensors, model.device)
+        saved_model, fp = sd["model"], head.get("fingerprint")
+    except (KeyError, TypeError) as e:
+        raise DamagedSessionFile(f"this .dragnb file is damaged: {path!r} lacks {e}") from None
+    _check_model(path, saved_model, fp, model)
+    return sd
+
+
+def _check_model(path, saved_name, fingerprint, model):
+    if saved_name != model.name:
+        raise ValueError(f"{path!r} was saved with model {saved_name!r} but {model.name!r} was given: load it "
+                         f"with the same model (load_model({saved_name!r}))")
+    if fingerprint is not None and fingerprint != model_fingerprint(model):
+        raise ValueError(f"{path!r} was saved with other weights under the name {saved_name!r}: its LoRA, inversion "
+                         "and drag state do not fit this model. Load it with the model it was made with")
+
+
+def _from_v1(head, t, model, path) -> dict:
+    """A version-1 file (flat tensor names, session attributes) as a version-2 state dict."""
+    from . import ddim
+    from .config import DragConfig
+    _check_model(path, head["model"], None, model)
+    dev = model.device
+    cfg = DragConfig.from_dict(head["config"])
+    n = cfg.n_inference_steps
+    tt = ddim.timesteps(model.scheduler, n)[n - cfg.drag_step_index]
+    cache: dict = {}
+    if head["has_lora"] or "inv/zt" in t:
+        cache["lora"] = {"trained": bool(head["has_lora"]),
+                         "weights": {k[5:]: v for k, v in t.items() if k.startswith("lora/")}}
     if "inv/zt" in t:
-        s._inv_cache[ik] = {k[4:]: v for k, v in t.items() if k.startswith("inv/")}
+        cache["inversion"] = {"z0": t["inv/z0"].to(dev), "zt": t["inv/zt"].to(dev), "t": tt,
+                              "generated": head["generated"] is not None}
     if "feat/feat0" in t:
-        s._feat_cache[fk] = {k[5:]: v for k, v in t.items() if k.startswith("feat/")}
-    s.counters = dict(meta["counters"])
-    from .session import StepRecord
-    s._history = [StepRecord(**{**r, "handles": [tuple(p) for p in r["handles"]],
-                                "handles_grid": [tuple(p) for p in r["handles_grid"]]}) for r in meta["history"]]
-    s.stop_reason = meta.get("stop_reason")
-    if meta["state"] is not None:
-        s._latent = t["latent"].clone().requires_grad_(True)
-        s._opt = torch.optim.Adam([s._latent], lr=s.config.drag_lr)
-        s._opt.load_state_dict(_get_opt(t, "opt", s.config.drag_lr))
-        s._handles0_rc, s._targets_rc, s._handles_rc = (t["handles0_rc"].cpu(), t["targets_rc"].cpu(),
-                                                        t["handles_rc"].cpu())
-        s._reached = meta["state"]["reached"]
-        s._snapshots = {}
-        for step, reached in meta["state"]["snapshots"].items():
-            s._snapshots[int(step)] = dict(latent=t[f"snap/{step}/latent"], handles=t[f"snap/{step}/handles"].cpu(),
-                                           opt=_get_opt(t, f"snap/{step}/opt", s.config.drag_lr), reached=reached)
-    return s
+        cache["features"] = {"ts": [tt], "latents": t["inv/zt"].to(dev), "feats": t["feat/feat0"].to(dev),
+                             "x_prevs": t["feat/x_prev0"].to(dev)}
+    if head["generated"] is not None:
+        cache["generation"] = {"n": head["generated"]["n"], "latents": t["gen/latents"].to(dev)}
+
+    def opt(prefix):
+        o = {"lr": cfg.drag_lr}
+        if f"{prefix}/step" in t:
+            o.update({k: t[f"{prefix}/{k}"] for k in ("step", "exp_avg", "exp_avg_sq")})
+        return o
+    state = None
+    if head["state"] is not None:
+        snaps = {k: {"latent": t[f"snap/{k}/latent"], "opt": opt(f"snap/{k}/opt"), "handles": t[f"snap/{k}/handles"],
+                     "reached": r, "position": [0, 0, 0]} for k, r in head["state"]["snapshots"].items()}
+        state = {"method": "dragdiffusion", "handles0_rc": t["handles0_rc"], "targets_rc": t["targets_rc"],
+                 "current": {"latent": t["latent"], "opt": opt("opt"), "handles": t["handles_rc"],
+                             "reached": head["state"]["reached"], "position": [0, 0, 0]},
+                 "history": head["history"], "snapshots": snaps}
+    mask = t["mask"].numpy().astype(bool) if "mask" in t else None
+    return {"model": head["model"], "prompt": head["prompt"], "seed": head["seed"], "config": head["config"],
+            "image": Image.fromarray(t["image"].numpy()), "mask": mask, "drags": head["drags"],
+            "counters": head["counters"], "stop_reason": head.get("stop_reason"), "cache": cache, "state": state}

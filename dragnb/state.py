@@ -1,0 +1,216 @@
+"""`DragState`: the optimisation of one drag — latent, optimiser, handles, position in the method's schedule,
+snapshots and history — and `step()`, one motion-supervision update in numbered stages.
+
+Points are on the supervision grid, `(row, col)` float tensors `(N, 2)`; the latent is `(1, C, h, w)`.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import torch
+
+from .drag import all_reached, mask_loss
+from .methods.base import DragMethod, Position
+
+
+class DragDiverged(FloatingPointError):
+    """The optimisation produced NaN/inf; the session keeps the last good state."""
+
+
+@dataclass
+class StepRecord:
+    step: int
+    loss: float
+    motion_loss: float
+    mask_loss: float
+    handles: list            # [(x, y), ...] image pixels, after point tracking
+    handles_grid: list       # [(row, col), ...] on the supervision grid
+    has_snapshot: bool = False
+    seconds: float = 0.0
+    t_index: int = 0         # reference step the update ran at (0 = the drag timestep)
+    timestep: int = -1       # the diffusion timestep the update ran at
+
+
+@dataclass
+class StepContext:
+    """What a step needs from outside the state (the session builds it; the UNet is held around the step)."""
+    config: object                                          # DragConfig
+    reference: object                                       # cache.Reference
+    forward: Callable                                       # (latent, t) -> (feat (1,C',gh,gw), x_prev (1,C,h,w))
+    denoise: Callable                                       # (latent, t) -> latent at the next timestep (no grad)
+    mask_latent: torch.Tensor | None                        # (1, 1, h, w), 1 = may change
+    to_image: Callable                                      # grid (row, col) -> image (x, y)
+
+
+def _adam(latent, lr):
+    return torch.optim.Adam([latent], lr=lr)
+
+
+class DragState:
+    """The optimisation state of one drag, from the inverted latent on.
+
+    Args:
+        method: the `DragMethod` that answers the step's questions.
+        latent0: (1, C, h, w) the latent to start from (the inverted latent zt).
+        handles_rc, targets_rc: (N, 2) handle and target points on the supervision grid.
+        lr: Adam learning rate (the config's `drag_lr`; re-read each step).
+    """
+
+    def __init__(self, method: DragMethod, latent0: torch.Tensor, handles_rc: torch.Tensor, targets_rc: torch.Tensor,
+                 lr: float):
+        self.method = method
+        self.latent = latent0.detach().clone().float().requires_grad_(True)   # (1, C, h, w) leaf the optimiser owns
+        self.optimizer = _adam(self.latent, lr)
+        self.handles0_rc = handles_rc.detach().clone().float()                # (N, 2) where the drags started
+        self.targets_rc = targets_rc.detach().clone().float()                 # (N, 2)
+        self.handles_rc = self.handles0_rc.clone()                            # (N, 2) after the latest tracking
+        self.position = Position()
+        self.reached = False
+        self.history: list[StepRecord] = []
+        self.snapshots: dict[int, dict] = {}
+        self.snapshot(0)
+
+    @property
+    def n_steps(self) -> int:
+        return len(self.history)
+
+    @property
+    def finished(self) -> bool:
+        """Every handle reached its target, or the method has no timestep left."""
+        return self.reached
+
+    # ------------------------------------------------------------------ one step
+    def step(self, ctx: StepContext) -> StepRecord | None:
+        """One motion-supervision update; None (and nothing changes but `reached`) when the drag is done.
+
+        Transactional: on any error the latent, optimiser, handles and position are as before the call.
+        """
+        c, m = ctx.config, self.method
+        if self.reached or m.finished(c, self.position):
+            self.reached = True
+            return None
+        t0 = time.perf_counter()
+        before = self._capture()
+        try:
+            for g in self.optimizer.param_groups:
+                g["lr"] = c.drag_lr
+            pos = self.position
+            ref = ctx.reference.at(pos.index)
+            # 1. forward: features and x_{t-1} of the current latent at this position's timestep
+            feat, x_prev = ctx.forward(self.latent, ref.t)
+            # 2. track the handles (the method says when)
+            handles = self.handles_rc
+            if m.track_before(c, pos, self.n_steps):
+                handles = m.track(c, ref, self.handles0_rc, feat.detach(), handles, self.targets_rc)
+            # 3. reached? then no update
+            if all_reached(handles, self.targets_rc, c.reach_distance):
+                self.optimizer.zero_grad(set_to_none=True)
+                self.handles_rc, self.reached = handles, True
+                return None
+            # 4. loss: motion supervision + the masked term against the reference's x_{t-1}
+            l_motion = m.motion_loss(c, feat, ref, self.handles0_rc, handles, self.targets_rc)
+            l_mask = mask_loss(x_prev.float(), ref.x_prev.float(), ctx.mask_latent, c.lam)
+            loss = l_motion + l_mask
+            if not bool(torch.isfinite(loss)):
+                raise DragDiverged(f"loss={float(loss)}")
+            # 5. update
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            if not bool(torch.isfinite(self.latent).all()):
+                raise DragDiverged("latent")
+            # 6. advance: the method may track again (with this step's features) and move to the next timestep
+            adv = m.advance(c, pos, float(l_motion.detach()))
+            if adv.track:
+                handles = m.track(c, ref, self.handles0_rc, feat.detach(), handles, self.targets_rc)
+            if adv.denoise:
+                with torch.no_grad():
+                    nxt = ctx.denoise(self.latent.detach(), ref.t).float()
+                self.latent = nxt.clone().requires_grad_(True)
+                self.optimizer = _adam(self.latent, c.drag_lr)
+            self.handles_rc, self.position = handles, adv.position
+        except BaseException as e:
+            self._put(before)
+            if isinstance(e, RuntimeError) and ("overflow" in str(e) or "nan" in str(e).lower()):
+                raise DragDiverged(str(e)) from e   # e.g. Adam's "value cannot be converted ... without overflow"
+            raise
+        step_no = self.n_steps + 1
+        snap = step_no % c.snapshot_every == 0
+        self.history.append(StepRecord(
+            step_no, float(loss.detach()), float(l_motion.detach()), float(l_mask.detach()),
+            [tuple(round(v, 3) for v in ctx.to_image(rc.tolist())) for rc in self.handles_rc],
+            [tuple(int(v) for v in rc.tolist()) for rc in self.handles_rc], snap, time.perf_counter() - t0,
+            pos.index, int(ref.t)))
+        if snap:
+            self.snapshot(step_no)
+        return self.history[-1]
+
+    # ------------------------------------------------------------------ snapshots, rewind
+    def _capture(self) -> dict:
+        return dict(latent=self.latent.detach().clone(), opt=copy.deepcopy(self.optimizer.state_dict()),
+                    handles=self.handles_rc.clone(), reached=self.reached, position=self.position)
+
+    def _put(self, snap: dict) -> None:
+        self.latent = snap["latent"].clone().requires_grad_(True)
+        self.optimizer = _adam(self.latent, snap["opt"]["param_groups"][0]["lr"])
+        self.optimizer.load_state_dict(copy.deepcopy(snap["opt"]))
+        self.handles_rc = snap["handles"].clone()
+        self.reached = snap["reached"]
+        self.position = snap["position"]
+
+    def snapshot(self, step: int) -> None:
+        self.snapshots[step] = self._capture()
+
+    def latent_at(self, step: int) -> torch.Tensor | None:
+        snap = self.snapshots.get(int(step))
+        return None if snap is None else snap["latent"].clone()
+
+    def rewind(self, k: int, ctx: StepContext) -> None:
+        """Undo the last k steps exactly: restore the nearest snapshot, replay the steps in between."""
+        target = self.n_steps - int(k)
+        base = max(s for s in self.snapshots if s <= target)
+        self._put(self.snapshots[base])
+        del self.history[base:]
+        for s in [s for s in self.snapshots if s > base]:
+            del self.snapshots[s]
+        while self.n_steps < target:
+            if self.step(ctx) is None:
+                break
+
+    # ------------------------------------------------------------------ persistence
+    def state_dict(self) -> dict:
+        def opt(sd):
+            st = sd["state"].get(0) or {}
+            return {"lr": sd["param_groups"][0]["lr"], **{k: v.detach().clone() for k, v in st.items()}}
+
+        def snap(s):
+            return {"latent": s["latent"], "opt": opt(s["opt"]), "handles": s["handles"], "reached": s["reached"],
+                    "position": list(asdict(s["position"]).values())}
+        return {"method": self.method.name, "handles0_rc": self.handles0_rc, "targets_rc": self.targets_rc,
+                "current": snap(self._capture()), "history": [asdict(r) for r in self.history],
+                "snapshots": {str(k): snap(v) for k, v in self.snapshots.items()}}
+
+    def load_state_dict(self, sd: dict) -> None:
+        """Put back a `state_dict()`: continues bit-exactly."""
+        if sd["method"] != self.method.name:
+            raise ValueError(f"this state was saved by method {sd['method']!r}, not {self.method.name!r}")
+        dev = self.latent.device
+
+        def unsnap(s):
+            latent = s["latent"].to(dev)
+            opt = _adam(latent.clone().requires_grad_(True), s["opt"]["lr"]).state_dict()
+            if "step" in s["opt"]:
+                opt["state"] = {0: {k: s["opt"][k].to(dev) if k != "step" else s["opt"][k]
+                                    for k in ("step", "exp_avg", "exp_avg_sq")}}
+            return dict(latent=latent, opt=opt, handles=s["handles"].cpu().float(), reached=bool(s["reached"]),
+                        position=Position(*[int(v) for v in s["position"]]))
+        self.handles0_rc = sd["handles0_rc"].cpu().float()
+        self.targets_rc = sd["targets_rc"].cpu().float()
+        self.history = [StepRecord(**{**r, "handles": [tuple(p) for p in r["handles"]],
+                                      "handles_grid": [tuple(p) for p in r["handles_grid"]]}) for r in sd["history"]]
+        self.snapshots = {int(k): unsnap(v) for k, v in sd["snapshots"].items()}
+        self._put(unsnap(sd["current"]))
