@@ -1,4 +1,9 @@
-"""Command line: `python -m dragnb demo | edit | bench`."""
+"""Command line: `python -m dragnb demo | edit | bench`.
+
+Every user error — a bad option, an unreadable image or mask, a drag outside the image, an output path that
+cannot be written — is one line on stderr and exit status 2, never a traceback. Output paths, the image, the mask
+and the drags are checked before any model is loaded, so a mistake costs no waiting.
+"""
 from __future__ import annotations
 
 import argparse
@@ -6,6 +11,16 @@ import json
 import os
 import sys
 import time
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+DTYPES = ("float32", "fp32", "float16", "fp16", "bfloat16", "bf16")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (exit status 2), like every other user error."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _point_pair(text: str):
@@ -20,26 +35,89 @@ def _point_pair(text: str):
     return h, t
 
 
+def _dtype_name(name: str) -> str:
+    """--dtype: checked when the command line is read, before any work."""
+    if name not in DTYPES:
+        raise argparse.ArgumentTypeError(f"{name!r} is not a dtype: use float32, float16 or bfloat16")
+    return name
+
+
+def _whole(least: int):
+    def parse(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            n = None
+        if n is None or n < least:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number ≥ {least}")
+        return n
+    return parse
+
+
 def _dtype(name):
+    """A --dtype name -> torch dtype (None stays None, the device's default)."""
     import torch
     if name is None:
         return None
     table = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
              "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
     if name not in table:
-        raise argparse.ArgumentTypeError(f"--dtype {name!r}: use float32, float16 or bfloat16")
+        raise ValueError(f"--dtype {name!r}: use float32, float16 or bfloat16")
     return table[name]
 
 
+# ---- output paths, checked before any work -------------------------------------------------------
+
+def _first_existing(path: str) -> str:
+    """The path itself or its nearest existing ancestor."""
+    p = os.path.abspath(path)
+    while not os.path.exists(p):
+        p = os.path.dirname(p)
+    return p
+
+
+def _check_new_file(path: str, option: str, extensions=None, create_folder: bool = True) -> None:
+    """A file that will be written: not a folder, a known extension, and a folder that exists (or can be made)."""
+    if os.path.isdir(path):
+        raise ValueError(f"{option} {path!r} is a folder: give a file path, e.g. "
+                         f"{os.path.join(path, 'out' + (extensions or ('',))[0])!r}")
+    ext = os.path.splitext(path)[1].lower()
+    if extensions is not None and ext not in extensions:
+        raise ValueError(f"{option} {path!r} does not end in an image extension ({ext or 'none'}): "
+                         f"end it with one of {', '.join(extensions)}")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not create_folder and not os.path.isdir(folder):
+        raise ValueError(f"{option} {path!r}: the folder {folder!r} does not exist: create it first, or give a "
+                         "path in an existing folder")
+    base = _first_existing(folder)
+    if not os.path.isdir(base):
+        raise ValueError(f"{option} {path!r}: {base!r} is a file, so the folder {folder!r} cannot be made: "
+                         "choose another path")
+    if not os.access(base, os.W_OK):
+        raise ValueError(f"{option} {path!r}: the folder {base!r} is not writable: choose another path")
+
+
+def _check_new_folder(path: str, option: str) -> None:
+    """A folder that will be written into (created when missing): not a file, under a writable folder."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"{option} {path!r} is an existing file, not a folder: give a folder path "
+                         "(it is created when missing)")
+    base = _first_existing(path)
+    if not os.path.isdir(base):
+        raise ValueError(f"{option} {path!r}: {base!r} is a file, so the folder cannot be made: choose another path")
+    if not os.access(base, os.W_OK):
+        raise ValueError(f"{option} {path!r}: the folder {base!r} is not writable: choose another path")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m dragnb", description="DragDiffusion drag editing from the command line.")
+    p = _Parser(prog="python -m dragnb", description="DragDiffusion drag editing from the command line.")
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("demo", help="edit the shipped demo scene with preset drags on the shipped model",
                        description="Edit a shipped demo scene with preset drags and mask on the shipped small model; "
                                    "writes before.png, after.png, drag.gif and record.json into --out.")
     d.add_argument("--out", required=True, help="output folder (created)")
-    d.add_argument("--steps", type=int, default=None, help="most drag steps (default: the model's config)")
+    d.add_argument("--steps", type=_whole(1), default=None, help="most drag steps (default: the model's config)")
 
     e = sub.add_parser("edit", help="drag points of an image",
                        description="Drag handle points of IMAGE to targets and write the edited image plus a JSON "
@@ -52,45 +130,75 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--model", default="demo",
                    help="'demo' (shipped), a diffusers folder, a .safetensors checkpoint or a hub id (default: demo)")
     e.add_argument("--vae", default=None, help="optional separate VAE (folder or hub id)")
-    e.add_argument("--steps", type=int, default=None, help="most drag steps (default 80)")
-    e.add_argument("--lora-steps", type=int, default=None,
+    e.add_argument("--steps", type=_whole(1), default=None, help="most drag steps (default 80)")
+    e.add_argument("--lora-steps", type=_whole(0), default=None,
                    help="LoRA fine-tune steps (default: the model's: 80 official, 40 for the demo model; 0 = no LoRA)")
     e.add_argument("--lam", type=float, default=None, help="weight of the masked term (default 0.1)")
     e.add_argument("--inversion-strength", type=float, default=None, help="fraction inverted (default 0.7)")
     e.add_argument("--no-mutual-attention", action="store_true", help="plain denoising at the end")
     e.add_argument("--seed", type=int, default=0, help="seed of the LoRA fine-tune (default 0)")
     e.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    e.add_argument("--dtype", default=None, help="float32, float16, bfloat16 (default: float16 on cuda, float32 on cpu)")
-    e.add_argument("--out", required=True, help="output image path (.png); the record goes to the same name .json")
-    e.add_argument("--save-session", default=None, help="also save the session (.dragnb) to continue in a notebook")
+    e.add_argument("--dtype", default=None, type=_dtype_name,
+                   help="float32, float16, bfloat16 (default: float16 on cuda, float32 on cpu)")
+    e.add_argument("--max-side", type=_whole(0), default=None,
+                   help="work on images at most this many pixels on their longer side (default: the model's, 1024 "
+                        "for SD models, 64 for the demo model; 0 = no limit); results come back at the input's size")
+    e.add_argument("--out", required=True,
+                   help="output image path (.png, .jpg, ...; its folder is created); the record goes to the same "
+                        "name .json")
+    e.add_argument("--save-session", default=None,
+                   help="also save the session (.dragnb, into an existing folder) to continue in a notebook")
 
     b = sub.add_parser("bench", help="time each stage (LoRA, inversion, drag step, denoise) and peak memory",
                        description="Time each stage of an edit and the naive no-cache baseline; see benchmarks/README.md.")
     b.add_argument("--model", default="tiny", help="tiny, demo, random-sd15, or anything load_model takes")
-    b.add_argument("--size", type=int, default=None, help="image side in pixels (default: the model's native size)")
+    b.add_argument("--size", type=_whole(8), default=None,
+                   help="image side in pixels (default: the model's native size)")
     b.add_argument("--device", default=None)
-    b.add_argument("--dtype", default=None)
-    b.add_argument("--drag-steps", type=int, default=10, help="drag steps to time (default 10)")
-    b.add_argument("--lora-steps", type=int, default=80)
-    b.add_argument("--repeats", type=int, default=1)
+    b.add_argument("--dtype", default=None, type=_dtype_name)
+    b.add_argument("--drag-steps", type=_whole(1), default=10, help="drag steps to time (default 10)")
+    b.add_argument("--lora-steps", type=_whole(0), default=80)
+    b.add_argument("--repeats", type=_whole(1), default=1)
     b.add_argument("--json", default=None, help="write the figures to this JSON file")
     return p
 
 
+def check_edit(a):
+    """Everything the edit can check before loading a model: output paths, the image, the mask, the drags.
+    Returns (image, mask) read once, so the session does not read them again."""
+    from .coords import Geometry, load_image, load_mask
+    _check_new_file(a.out, "--out", IMAGE_EXTENSIONS)
+    record = os.path.splitext(a.out)[0] + ".json"
+    if os.path.isdir(record):
+        raise ValueError(f"--out {a.out!r}: its record {record!r} would overwrite a folder: choose another name")
+    if a.save_session:
+        _check_new_file(a.save_session, "--save-session", create_folder=False)
+    image = load_image(a.image)
+    mask = load_mask(a.mask, image.size) if a.mask else None
+    page = Geometry(image.size, image.size, (1, 1), (1, 1))  # only its image size is read: points in image pixels
+    for h, t in a.drag:
+        page.check_point(h, "handle")
+        page.check_point(t, "target")
+    return image, mask
+
+
 def cmd_edit(a) -> int:
     from . import DragSession, load_model
+    image, mask = check_edit(a)
     t0 = time.perf_counter()
     model = load_model(a.model, device=a.device, dtype=_dtype(a.dtype), vae=a.vae)
+    if a.max_side is not None:
+        model.max_side = a.max_side or None
     t_load = time.perf_counter() - t0
     changes = {k: v for k, v in dict(drag_steps=a.steps, lora_steps=a.lora_steps, lam=a.lam,
                                      inversion_strength=a.inversion_strength).items() if v is not None}
     if a.no_mutual_attention:
         changes["mutual_attention"] = False
-    s = DragSession(model, a.image, prompt=a.prompt, seed=a.seed, config=model.default_config(**changes))
+    s = DragSession(model, image, prompt=a.prompt, seed=a.seed, config=model.default_config(**changes))
     for h, t in a.drag:
         s.add_drag(h, t)
-    if a.mask:
-        s.set_mask(a.mask)
+    if mask is not None:
+        s.set_mask(mask)
     timings = {"load_model": t_load}
     t = time.perf_counter(); s.prepare(); timings["prepare"] = time.perf_counter() - t
     t = time.perf_counter(); s.run(); timings["drag"] = time.perf_counter() - t
@@ -112,26 +220,37 @@ def cmd_edit(a) -> int:
 
 
 def main(argv=None) -> int:
+    """Run the command line; returns the exit status: 0 done, 2 a user error (one line on stderr), 130 interrupted."""
     p = build_parser()
-    a = p.parse_args(argv)
+    try:
+        a = p.parse_args(argv)
+    except SystemExit as e:  # usage errors (already one line on stderr) and --help
+        return 0 if e.code is None else e.code if isinstance(e.code, int) else 2
     try:
         if a.command == "edit":
             return cmd_edit(a)
         if a.command == "demo":
+            _check_new_folder(a.out, "--out")
             from .demo.run import run_demo
             rec = run_demo(a.out, steps=a.steps)
             print(json.dumps({k: rec[k] for k in rec if k in ("timings_s", "final_handles", "drags")}, indent=1))
             print(f"wrote before.png, after.png, drag.gif, record.json into {a.out}")
             return 0
         if a.command == "bench":
+            if a.json:
+                _check_new_file(a.json, "--json")
             from .bench import bench_stages
             res = bench_stages(model=a.model, size=a.size, device=a.device, dtype=_dtype(a.dtype),
                                drag_steps=a.drag_steps, lora_steps=a.lora_steps, repeats=a.repeats)
             if a.json:
+                os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
                 with open(a.json, "w") as f:
                     json.dump(res, f, indent=2)
             return 0
-    except (ValueError, TypeError, FileNotFoundError) as e:
-        print(f"dragnb: error: {e}", file=sys.stderr)
+    except (ValueError, TypeError, OSError) as e:  # user errors (and files that cannot be written): one line
+        print(f"dragnb: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("dragnb: interrupted", file=sys.stderr)
+        return 130
     return 1

@@ -20,6 +20,8 @@ from PIL import Image, ImageOps
 
 def _open(path, what: str) -> Image.Image:
     """Open and read an image file, or a ValueError naming the file and the fix."""
+    if os.path.isdir(path):
+        raise ValueError(f"{what} {os.fspath(path)!r} is a folder, not an image file: pass a PNG or JPEG file")
     if not os.path.isfile(path):
         raise ValueError(f"{what} file {os.fspath(path)!r} does not exist: pass an existing path, a PIL.Image or "
                          "an array")
@@ -194,8 +196,8 @@ class Geometry:
             top = max(multiple, (int(max_side) // multiple) * multiple)
             w, h = min(w, top), min(h, top)
         if capped:
-            warnings.warn(f"image {W}×{H} is larger than this model's max_side={max_side}: it is worked on at {w}×{h} "
-                          f"(sides multiples of {multiple}); points are mapped and the result is resized back to "
+            warnings.warn(f"image {W}×{H} is larger than this model's max_side={max_side}: it is worked on at "
+                          f"{w}×{h} (sides multiples of {multiple}); points are mapped and the result is resized back to "
                           f"{W}×{H}. To work at a larger size set model.max_side (e.g. model.max_side = "
                           f"{2 * max_side}, or None for no limit; time and memory grow with the area)", stacklevel=3)
         elif (w, h) != (W, H):

@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from dragnb.cli import build_parser, main
@@ -52,4 +53,96 @@ def test_bad_input_is_one_clear_line(tmp_path, capsys):
 def test_malformed_drag_is_an_argparse_error():
     r = subprocess.run([sys.executable, "-m", "dragnb", "edit", "x.png", "--drag", "1,2-3,4", "--out", "o.png"],
                        capture_output=True, text=True)
-    assert r.returncode == 2 and "x0,y0:x1,y1" in r.stderr
+    assert r.returncode == 2 and "x0,y0:x1,y1" in r.stderr and r.stderr.count("\n") == 1  # one line, no usage dump
+
+
+# ---- user errors: one line on stderr, exit status 2, before any model work ------------------------
+
+@pytest.fixture
+def no_model_work(monkeypatch):
+    """Fail the test if the CLI gets as far as loading a model or running the demo."""
+    import dragnb
+    import dragnb.demo.run
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the CLI started model work before reporting the user error")
+    monkeypatch.setattr(dragnb, "load_model", refuse)
+    monkeypatch.setattr(dragnb.demo.run, "run_demo", refuse)
+
+
+@pytest.fixture
+def files(tmp_path):
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "in.png")
+    (tmp_path / "notes.png").write_text("these are notes, not pixels")
+    (tmp_path / "a_file.txt").write_text("x")
+    (tmp_path / "folder").mkdir()
+    return tmp_path
+
+
+def one_line_error(capsys, rc, *expected) -> str:
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert err.endswith("\n") and err.count("\n") == 1, f"not one line: {err!r}"
+    assert "Traceback" not in err
+    for text in expected:
+        assert text in err, f"{text!r} not in {err!r}"
+    return err
+
+
+def edit(files, *extra, out="o.png"):
+    args = ["edit", str(files / "in.png"), "--drag", "10,15:22,15", "--model", "tiny", "--out", str(files / out)]
+    return main(args + list(extra))
+
+
+def test_non_image_input_and_mask_are_one_line(files, capsys, no_model_work):
+    rc = main(["edit", str(files / "notes.png"), "--drag", "1,1:2,2", "--model", "tiny", "--out", str(files / "o.png")])
+    one_line_error(capsys, rc, "notes.png", "is not a readable image", "PNG or JPEG")
+    rc = main(["edit", str(files / "nope.png"), "--drag", "1,1:2,2", "--model", "tiny", "--out", str(files / "o.png")])
+    one_line_error(capsys, rc, "nope.png", "does not exist")
+    one_line_error(capsys, edit(files, "--mask", str(files / "notes.png")), "mask file", "notes.png",
+                   "not a readable image")
+    one_line_error(capsys, edit(files, "--mask", str(files / "folder")), "is a folder")
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(files / "small_mask.png")
+    one_line_error(capsys, edit(files, "--mask", str(files / "small_mask.png")), "does not match the 32×32 image")
+    assert not (files / "o.png").exists() and not (files / "o.json").exists()
+
+
+def test_bad_options_are_one_line(files, capsys, no_model_work):
+    one_line_error(capsys, edit(files, "--dtype", "bogus"), "--dtype", "'bogus' is not a dtype", "float16")
+    one_line_error(capsys, edit(files, "--steps", "2.5"), "--steps", "whole number ≥ 1")
+    one_line_error(capsys, edit(files, "--lora-steps", "-1"), "--lora-steps", "whole number ≥ 0")
+    one_line_error(capsys, main(["edit", str(files / "in.png"), "--drag", "1,2-3,4", "--out", "o.png"]),
+                   "x0,y0:x1,y1")
+    one_line_error(capsys, main(["edit", str(files / "in.png"), "--out", "o.png"]), "--drag")  # required
+    one_line_error(capsys, main(["bench", "--dtype", "half"]), "'half' is not a dtype")
+    one_line_error(capsys, main(["frobnicate"]), "invalid choice")
+    one_line_error(capsys, edit(files, "--drag", "5,5:40,5"), "target (40, 5) is outside the 32×32 image")
+
+
+def test_output_paths_are_checked_before_the_work(files, capsys, no_model_work):
+    one_line_error(capsys, edit(files, out="folder"), "--out", "is a folder", "out.png")
+    one_line_error(capsys, edit(files, out="edited"), "--out", "does not end in an image extension", ".png")
+    one_line_error(capsys, edit(files, out="a_file.txt/o.png"), "--out", "is a file")
+    one_line_error(capsys, edit(files, "--save-session", str(files / "missing" / "s.dragnb")),
+                   "--save-session", "does not exist", "create it first")
+    one_line_error(capsys, edit(files, "--save-session", str(files / "folder")), "--save-session", "is a folder")
+    one_line_error(capsys, main(["demo", "--out", str(files / "a_file.txt")]), "--out", "existing file", "folder")
+    one_line_error(capsys, main(["demo", "--out", str(files / "a_file.txt" / "sub")]), "is a file")
+    one_line_error(capsys, main(["bench", "--json", str(files / "folder")]), "--json", "is a folder")
+    assert sorted(p.name for p in files.iterdir()) == ["a_file.txt", "folder", "in.png", "notes.png"]
+    assert not any((files / "folder").iterdir())
+
+
+def test_python_m_dragnb_user_error_has_no_traceback(files):
+    r = subprocess.run([sys.executable, "-m", "dragnb", "edit", str(files / "notes.png"), "--drag", "1,1:2,2",
+                        "--out", str(files / "o.png")], capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith("dragnb: error: image file") and "notes.png" in r.stderr
+
+
+def test_max_side_bounds_the_working_size(files, capsys):
+    with pytest.warns(UserWarning, match=r"32×32 is larger than this model's max_side=16: it is worked on at 16×16"):
+        rc = edit(files, "--max-side", "16", "--steps", "1", "--lora-steps", "0")
+    assert rc == 0 and Image.open(files / "o.png").size == (32, 32)  # the result comes back at the input's size
+    capsys.readouterr()
+    one_line_error(capsys, edit(files, "--max-side", "4"), "model.max_side=4 is invalid", "≥ 8")
