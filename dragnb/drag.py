@@ -6,7 +6,7 @@ Feature maps are `feat_bchw (1, C, h, w)`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -54,6 +54,53 @@ def mask_loss(x_prev: torch.Tensor, x_prev_0: torch.Tensor, mask_latent: torch.T
     return lam * ((x_prev - x_prev_0) * (1.0 - mask_latent)).abs().sum()
 
 
+class TrackingDistance(NamedTuple):
+    """What point tracking sees for one handle: the search window and the distance it minimises there."""
+    box: tuple[int, int, int, int]    # (row0, row1, col0, col1) on the grid, end-exclusive, clipped to it
+    dist: torch.Tensor                 # (row1 - row0, col1 - col0) L1 distance to the original handle's feature
+
+    def best_rc(self) -> tuple[int, int]:
+        """The window cell with the smallest distance (the first one on ties): where tracking moves the handle."""
+        row, col = divmod(int(self.dist.argmin()), self.dist.shape[1])
+        return self.box[0] + row, self.box[2] + col
+
+
+def tracking_box(center_rc, r_p: int, grid_hw) -> tuple[int, int, int, int]:
+    """The search window of radius r_p around a grid point: (row0, row1, col0, col1), end-exclusive.
+
+    The centre's integer part is used (as the official code); the window is clipped at the grid border.
+    """
+    h, w = int(grid_hw[0]), int(grid_hw[1])
+    r, c = int(center_rc[0]), int(center_rc[1])
+    return max(0, r - r_p), min(h, r + r_p + 1), max(0, c - r_p), min(w, c + r_p + 1)
+
+
+@torch.no_grad()
+def tracking_distance(feat0_bchw: torch.Tensor, feat_bchw: torch.Tensor, handle0_rc, handle_rc, r_p: int = 3,
+                      patch: int = 0) -> TrackingDistance:
+    """The L1 distance map `track_points` minimises for one handle.
+
+    For every cell of the window of radius `r_p` around `handle_rc` (current handle), the L1 distance
+    between `feat_bchw` there and `feat0_bchw` at `handle0_rc` (original handle); with `patch` = k > 0,
+    summed over the (2k+1)² cells around both points (borders repeat). Points are (row, col); their
+    integer parts are used. Returns the window `box` and `dist` (rows, cols) in the features' dtype
+    (float32 when k > 0).
+    """
+    _, _, h, w = feat_bchw.shape                 # the window is on the current map
+    k = int(patch)
+    f0p = F.pad(feat0_bchw.float(), (k, k, k, k), mode="replicate") if k else feat0_bchw
+    fp = F.pad(feat_bchw.float(), (k, k, k, k), mode="replicate") if k else feat_bchw
+    r0, c0 = int(handle0_rc[0]), int(handle0_rc[1])
+    r1, r2, c1, c2 = tracking_box(handle_rc, r_p, (h, w))
+    dist = 0
+    for dy in range(-k, k + 1):
+        for dx in range(-k, k + 1):
+            f0 = f0p[0, :, r0 + k + dy, c0 + k + dx]
+            win = fp[0, :, r1 + k + dy:r2 + k + dy, c1 + k + dx:c2 + k + dx]
+            dist = dist + (win - f0[:, None, None]).abs().sum(0)
+    return TrackingDistance((r1, r2, c1, c2), dist)
+
+
 @torch.no_grad()
 def track_points(feat0_bchw: torch.Tensor, feat_bchw: torch.Tensor, handles0_rc: torch.Tensor,
                  handles_rc: torch.Tensor, r_p: int = 3, patch: int = 0) -> torch.Tensor:
@@ -62,23 +109,11 @@ def track_points(feat0_bchw: torch.Tensor, feat_bchw: torch.Tensor, handles0_rc:
     `patch` = k > 0 compares (2k+1)² patches of features around the two points instead of single vectors
     (borders repeat), so a handle inside a flat region is located by the region's edges too; 0 is the
     official tracker. Returns new integer handles (N, 2) as floats. Windows are clipped at the grid border.
+    The distance map of one handle is `tracking_distance` (what `viz.plot_similarity` draws).
     """
-    _, _, h, w = feat0_bchw.shape
-    k = int(patch)
-    f0p = F.pad(feat0_bchw.float(), (k, k, k, k), mode="replicate") if k else feat0_bchw
-    fp = F.pad(feat_bchw.float(), (k, k, k, k), mode="replicate") if k else feat_bchw
     new = handles_rc.clone().float()
     for i, (p0, p) in enumerate(zip(handles0_rc, handles_rc)):
-        r1, r2 = max(0, int(p[0]) - r_p), min(h, int(p[0]) + r_p + 1)
-        c1, c2 = max(0, int(p[1]) - r_p), min(w, int(p[1]) + r_p + 1)
-        dist = 0
-        for dy in range(-k, k + 1):
-            for dx in range(-k, k + 1):
-                f0 = f0p[0, :, int(p0[0]) + k + dy, int(p0[1]) + k + dx]
-                win = fp[0, :, r1 + k + dy:r2 + k + dy, c1 + k + dx:c2 + k + dx]
-                dist = dist + (win - f0[:, None, None]).abs().sum(0)
-        row, col = divmod(int(dist.argmin()), dist.shape[1])
-        new[i, 0], new[i, 1] = r1 + row, c1 + col
+        new[i, 0], new[i, 1] = tracking_distance(feat0_bchw, feat_bchw, p0, p, r_p, patch).best_rc()
     return new
 
 

@@ -33,12 +33,18 @@ def _images(ax):
 
 
 def test_viz_imports_no_pyplot_and_no_jupyter():
-    out = subprocess.run([sys.executable, "-c", "import sys, dragnb.viz; print('matplotlib.pyplot' in sys.modules)"],
-                         capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
-    src = open(viz.__file__).read()
-    for banned in ("import ipywidgets", "import ipycanvas", "import IPython", "matplotlib.pyplot", "import pyplot"):
-        assert banned not in src, banned
+    code = ("import sys, dragnb.viz, dragnb.drawing; "
+            "print([m for m in ('matplotlib.pyplot', 'ipywidgets', 'ipycanvas') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    from pathlib import Path
+    from dragnb import drawing
+    files = sorted(Path(viz.__file__).parent.glob("*.py")) + [Path(drawing.__file__)]
+    assert len(files) >= 3
+    for f in files:
+        src = f.read_text()
+        for banned in ("import ipywidgets", "import ipycanvas", "import IPython", "matplotlib.pyplot", "import pyplot"):
+            assert banned not in src, (f.name, banned)
 
 
 def test_pca_rgb_uses_the_source_projection(feats):
@@ -72,6 +78,33 @@ def test_similarity_map_is_negative_l1(feats):
 def test_tracking_window_clips_to_grid():
     assert viz.tracking_window((5, 5), 3, (16, 16)) == (2, 9, 2, 9)
     assert viz.tracking_window((0.4, 15.2), 3, (16, 16)) == (0, 4, 12, 16)
+
+
+@pytest.mark.parametrize("patch", [0, 2])
+def test_tracking_map_is_the_trackers_own(patch):
+    """viz draws dragnb.drag.tracking_distance, the map track_points takes the argmin of, patch included."""
+    import torch
+    from dragnb.drag import track_points, tracking_distance
+    rng = np.random.default_rng(3)
+    src = rng.normal(size=(6, 20, 24)).astype(np.float32)
+    src[:, 8:13, 8:13] = 1.0                               # a flat square: patches see its edges
+    cur = np.roll(src, (1, 2), axis=(1, 2)) + 0.05 * rng.normal(size=src.shape).astype(np.float32)
+    f0, f1 = torch.from_numpy(src)[None], torch.from_numpy(cur)[None]
+    for point, center in [((10, 10), (10, 11)), ((1, 22), (0, 23)), ((5, 5), (5, 5))]:
+        box, dist = viz.tracking_map(src, cur, point, center, r_p=3, patch=patch)
+        expected = tracking_distance(f0, f1, torch.tensor(point), torch.tensor(center), 3, patch)
+        assert box == expected.box and dist.shape == (box[1] - box[0], box[3] - box[2])
+        np.testing.assert_array_equal(dist, expected.dist.numpy())
+        # its best cell is where track_points moves the handle, and the figure says so
+        tracked = track_points(f0, f1, torch.tensor([point], dtype=torch.float32),
+                               torch.tensor([center], dtype=torch.float32), 3, patch)[0]
+        assert expected.best_rc() == (int(tracked[0]), int(tracked[1]))
+        fig = viz.plot_similarity(src, current=cur, point_rc=point, center_rc=center, r_p=3, patch=patch)
+        assert f"best cell ({int(tracked[0])}, {int(tracked[1])})" in fig.axes[1].get_title()
+        np.testing.assert_array_equal(-_images(fig.axes[1])[0], dist)
+        _, whole = viz.tracking_map(src, cur, point, center, patch=patch, whole_grid=True)
+        np.testing.assert_array_equal(-_images(fig.axes[0])[0], whole)
+        np.testing.assert_allclose(whole[box[0]:box[1], box[2]:box[3]], dist, rtol=1e-6)
 
 
 def test_plot_features_arrays(feats, image):
@@ -145,7 +178,47 @@ def test_draw_drags_checks_lengths(image):
     with pytest.raises(ValueError, match="same length"):
         viz.draw_drags(ax, [(1, 1), (2, 2)], [(3, 3)])
     viz.draw_drags(ax, [(1, 1), (2, 2)], [(3, 3), (4, 4)], current=[(1.5, 1), (2, 2.5)])
-    assert [t.get_text() for t in ax.texts if t.get_text()] == ["0", "1"]   # arrows are empty annotations
+    assert [t.get_text() for t in ax.texts if t.get_text()] == ["1", "2"]   # arrows are empty annotations
+
+
+def test_one_palette_and_numbering_for_every_drawer(image):
+    """viz, the canvas, the explorer and the demo GIF draw drag i in DRAG_COLORS[i] labelled i + 1."""
+    from matplotlib.colors import to_hex
+    from PIL import Image, ImageDraw
+    from dragnb import drawing
+    from dragnb.demo.run import GIF_SCALE, _draw
+    assert viz.DRAG_COLORS is drawing.DRAG_COLORS and len(set(drawing.DRAG_COLORS)) == len(drawing.DRAG_COLORS)
+    assert [drawing.drag_label(i) for i in range(3)] == ["1", "2", "3"]
+    fig = Figure()
+    ax = fig.subplots()
+    viz.draw_drags(ax, [(1, 1), (9, 9)], [(5, 1), (9, 3)])
+    handles = ax.collections[0::2]                          # per pair: the handle's dots, then the target's ring
+    assert [to_hex(c.get_facecolor()[0]) for c in handles] == list(drawing.DRAG_COLORS[:2])
+    fig = viz.plot_similarity(np.ones((2, 8, 8), np.float32), 1, point_rc=(2, 2), target_rc=(2, 6))
+    assert [t.get_text() for t in fig.axes[0].texts if t.get_text()] == ["2"]     # handle_index 1 is drag "2"
+    # the demo GIF: the handle's dot in the drag's colour
+    frame = _draw(Image.fromarray(image), [(20, 8)], [(20, 20)], [(8, 8)], "step 1")
+    rgb = frame.getpixel((8 * GIF_SCALE, 8 * GIF_SCALE))
+    assert "#%02x%02x%02x" % rgb == drawing.DRAG_COLORS[0]
+    # pair_shapes: the arrow stops at the target ring and its head points at the target
+    (s,) = drawing.pair_shapes([(0, 0)], [(20, 0)], [(4, 0)], radius=5, head=8)
+    assert s.shaft == ((0.0, 0.0), (15.0, 0.0)) and s.head[0] == (15.0, 0.0) and s.head[1][0] == 7.0
+    assert s.link == ((0.0, 0.0), (4.0, 0.0)) and s.cross is not None and s.label == "1"
+    with pytest.raises(ValueError, match="same length"):
+        drawing.pair_shapes([(0, 0)], [(1, 1), (2, 2)])
+
+
+def test_as_rgb_array_is_the_one_image_coercion():
+    from PIL import Image
+    from dragnb.drawing import as_rgb_array
+    a = np.zeros((4, 5, 3), np.uint8)
+    a[0, 0] = (10, 20, 30)
+    for x in (a, Image.fromarray(a), a.astype(np.float32) / 255, np.concatenate([a, np.full((4, 5, 1), 255, np.uint8)], -1)):
+        out = as_rgb_array(x)
+        assert out.dtype == np.uint8 and out.shape == (4, 5, 3) and tuple(out[0, 0]) == (10, 20, 30)
+    assert as_rgb_array(a[..., 0]).shape == (4, 5, 3)
+    with pytest.raises(ValueError, match=r"shape \(4, 5, 2\)"):
+        as_rgb_array(np.zeros((4, 5, 2)))
 
 
 def test_animate_edit_writes_gif(tmp_path, image):
@@ -252,28 +325,39 @@ def test_explorer_click_shows_similarity_of_the_point(session_and_frames):
     s, frames = session_and_frames
     ex = FeatureExplorer(s, frames=frames)
     assert ex.last_figure is None and ex.step == N_STEPS and ex.step_slider.max == N_STEPS
-    ex.on_click_canvas(40 * ex.scale, 24 * ex.scale)           # canvas pixels -> image pixels
-    assert ex.point_xy == (40.0, 24.0) and ex.sim_image.value[:4] == b"\x89PNG"
+    picked = []
+    ex.on_click(lambda x, y: picked.append((x, y)))
+    ex.handle_mouse_down(40 * ex.scale, 24 * ex.scale)         # canvas pixels -> image pixels, as a click
+    assert ex.point_xy == (40.0, 24.0) and ex.sim_image.value[:4] == b"\x89PNG" and picked == [(40.0, 24.0)]
     r, c = s.image_to_grid((40, 24))
     np.testing.assert_allclose(_images(ex.last_figure.axes[0])[0],
                                viz.similarity_map(s.features("current"), s.features("source")[:, r, c]), rtol=1e-6)
-    ex.on_features_change()
+    ex.handle_features_change()
     ex.features_toggle.value = "source"                        # matching in the source map: peak on the point
     sim = _images(ex.last_figure.axes[0])[0]
     assert sim[r, c] == 0.0
     with pytest.raises(ValueError, match="outside the 64×64 image"):
-        ex.on_click(70, 3)
+        ex.handle_click(70, 3)
+    with pytest.raises(TypeError, match="handle_click"):                 # on_click registers callbacks
+        ex.on_click(30, 30)
     ex.close()
 
 
-def test_explorer_scrubs_history_and_follows_the_session(session_and_frames):
-    from dragnb.widgets import FeatureExplorer
+def test_explorer_scrubs_history_and_follows_the_session(session_and_frames, monkeypatch):
+    from dragnb.widgets import FeatureExplorer, explorer
     s, frames = session_and_frames
+    drawn = []
+    monkeypatch.setattr(explorer, "draw_pairs", lambda layer, shapes: drawn.append(shapes))
     ex = FeatureExplorer(s, frames=frames)
+    assert ex.query_select.options[1] == ("drag 1", 0)        # drags are counted from 1, as everywhere
+    (shape,) = drawn[-1]
+    assert (shape.color, shape.label, shape.current) == (viz.DRAG_COLORS[0], "1", None)
     ex.query_select.value = 0                                  # drag 0: window at the handle of the scrubbed step
     ex.step_slider.value = 1
     h1 = s.history[0].handles[0]
     assert ex.handles_at(1) == [h1] and ex.handles_at(0) == [s.drags[0][0]]
+    if tuple(h1) != tuple(s.drags[0][0]):                     # the handle at the scrubbed step: a cross
+        assert drawn[-1][0].current == (h1[0] * ex.scale, h1[1] * ex.scale)
     assert "loss" in ex.info.value and f"{s.history[0].loss:.4g}" in ex.info.value
     window = [p for p in ex.last_figure.axes[0].patches if isinstance(p, Rectangle)][0]
     r, c = s.image_to_grid(h1)
@@ -298,13 +382,13 @@ def test_explorer_follow_off_skips_redraws(session_and_frames):
     from dragnb.widgets import FeatureExplorer
     s, frames = session_and_frames
     ex = FeatureExplorer(s, frames=frames)
-    ex.on_click(30, 30)
+    ex.handle_click(30, 30)
     ex.follow.value = False
     drawn = ex.last_figure
     s.rewind(1)                                                 # slider follows, figures are not redrawn
     assert ex.step_slider.max == N_STEPS - 1 and ex.last_figure is drawn
     s.step(1)
     assert ex.step_slider.max == N_STEPS and ex.last_figure is drawn
-    ex.on_step_change()                                         # a user gesture redraws
+    ex.handle_step_change()                                     # a user gesture redraws
     assert ex.last_figure is not drawn
     ex.close()

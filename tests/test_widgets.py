@@ -1,6 +1,6 @@
 """DragCanvas and DragEditor driven by simulated canvas events and button clicks (no browser).
 
-Canvas gestures are the widget's own handlers (`on_mouse_down(x, y)` ... in display pixels), so these
+Canvas gestures are the widget's own handlers (`handle_mouse_down(x, y)` ... in display pixels), so these
 tests walk the same code a browser click does; `tests/browser/` checks the browser end of it.
 """
 from __future__ import annotations
@@ -30,16 +30,16 @@ def image(w=SIZE, h=SIZE):
 def click(c, p):
     """Click at image point p (through the display mapping, as a browser would)."""
     x, y = c.image_to_display(*p)
-    c.on_mouse_down(x, y)
-    c.on_mouse_up(x, y)
+    c.handle_mouse_down(x, y)
+    c.handle_mouse_up(x, y)
 
 
 def stroke(c, points):
     xy = [c.image_to_display(*p) for p in points]
-    c.on_mouse_down(*xy[0])
+    c.handle_mouse_down(*xy[0])
     for p in xy[1:]:
-        c.on_mouse_move(*p)
-    c.on_mouse_up(*xy[-1])
+        c.handle_mouse_move(*p)
+    c.handle_mouse_up(*xy[-1])
 
 
 def capsule(p0, p1, r, shape):
@@ -93,16 +93,16 @@ def test_bad_clicks_leave_a_message_and_change_nothing():
     click(c, (10, 10))
     click(c, (30, 10))
     before = (list(c.drags), c.pending)
-    c.on_mouse_down(-3, 5)
+    c.handle_mouse_down(-3, 5)
     assert "outside the 64×64 image" in c.message and c.message_is_error
-    c.on_mouse_down(*c.image_to_display(SIZE + 2, 5))
+    c.handle_mouse_down(*c.image_to_display(SIZE + 2, 5))
     assert "outside" in c.message
     assert (c.drags, c.pending) == before
     click(c, (40, 40))                           # a handle
     click(c, (40.3, 40.2))                       # a click on the waiting handle grabs it, makes no target
     assert c.pending == (40.0, 40.0) and c.drags == before[0]
     empty = DragCanvas()
-    empty.on_mouse_down(10, 10)
+    empty.handle_mouse_down(10, 10)
     assert "load an image" in empty.message and empty.drags == [] and empty.pending is None
     viewer = DragCanvas(image(), interactive=False)
     click(viewer, (10, 10))
@@ -115,19 +115,19 @@ def test_moving_a_point_and_undo_redo():
     click(c, (30, 20))
     # grab the target 2 display px off its centre, move it in two moves, release: it keeps that offset
     x, y = c.image_to_display(30, 20)
-    c.on_mouse_down(x + 2, y - 1)                 # within the hit radius
-    c.on_mouse_move(x + 22, y + 19)
-    c.on_mouse_move(x + 42, y + 39)
-    c.on_mouse_up(x + 42, y + 39)
+    c.handle_mouse_down(x + 2, y - 1)                 # within the hit radius
+    c.handle_mouse_move(x + 22, y + 19)
+    c.handle_mouse_move(x + 42, y + 39)
+    c.handle_mouse_up(x + 42, y + 39)
     assert c.drags == [((10.0, 20.0), (40.0, 30.0))]   # moved by 40x40 display px = 10x10 image px
     # grab the handle and drop it outside: it is clamped to the image
-    c.on_mouse_down(*c.image_to_display(10, 20))
-    c.on_mouse_move(-40, -40)
-    c.on_mouse_up(-40, -40)
+    c.handle_mouse_down(*c.image_to_display(10, 20))
+    c.handle_mouse_move(-40, -40)
+    c.handle_mouse_up(-40, -40)
     assert c.drags == [((0.0, 0.0), (40.0, 30.0))]
     # a click on a point without moving it is no gesture: nothing to undo for it
-    c.on_mouse_down(*c.image_to_display(40, 30))
-    c.on_mouse_up(*c.image_to_display(40, 30))
+    c.handle_mouse_down(*c.image_to_display(40, 30))
+    c.handle_mouse_up(*c.image_to_display(40, 30))
     assert c.undo() and c.drags == [((10.0, 20.0), (40.0, 30.0))]
     assert c.undo() and c.drags == [((10.0, 20.0), (30.0, 20.0))]
     assert c.undo() and c.drags == [] and c.pending == (10.0, 20.0)
@@ -205,6 +205,62 @@ def test_traits_set_from_code_are_checked():
     assert c.mask is None and c.drags == [((1.0, 2.0), (3.0, 4.0))] and c.display_size == (256, 256)
 
 
+def test_callback_registrars_follow_ipycanvas():
+    c = DragCanvas(image())
+    # on_mouse_* register callbacks as ipycanvas does (they no longer are the gesture handlers)
+    seen_down = []
+    down = lambda x, y: seen_down.append((x, y))
+    for name in ("on_mouse_down", "on_mouse_move", "on_mouse_up", "on_mouse_out"):
+        getattr(c, name)(down)
+        getattr(c, name)(down, remove=True)
+    c.on_mouse_down(down)
+    c.layers[-1]._handle_frontend_event(None, {"event": "mouse_down", "x": 12, "y": 34}, [])   # as the browser sends it
+    assert seen_down == [(12, 34)] and c.pending is not None, "the callback runs besides the canvas's own handler"
+    # on_drags_changed / on_mask_changed: called with the new value after every change, until removed
+    drags, masks = [], []
+    c.on_drags_changed(drags.append)
+    c.on_mask_changed(masks.append)
+    c.pending = None
+    click(c, (10, 20))
+    click(c, (30, 22))
+    assert drags == [[((10.0, 20.0), (30.0, 22.0))]]
+    c.undo()
+    assert drags[-1] == [] and len(drags) == 2
+    c.mode = "mask"
+    stroke(c, [(5, 5)])
+    assert len(masks) == 1 and masks[0][5, 5]
+    c.on_drags_changed(drags.append, remove=True)
+    c.drags = [((1, 1), (9, 9))]
+    assert len(drags) == 2
+
+
+def test_canvas_draws_pairs_in_the_one_vocabulary():
+    from dragnb import viz
+    from dragnb.drawing import DRAG_COLORS, drag_label
+    from dragnb.widgets import canvas_draw
+    c = DragCanvas(image())
+    c.drags = [((10, 10), (30, 10)), ((10, 40), (30, 40))]
+    c.pending = (50, 50)
+    shapes = c.pair_shapes()
+    assert [s.color for s in shapes] == list(DRAG_COLORS[:3]) and [s.label for s in shapes] == ["1", "2", "3"]
+    assert viz.DRAG_COLORS == DRAG_COLORS and drag_label(0) == "1"
+    assert shapes[0].handle == c.image_to_display(10, 10) and shapes[2].target is None and shapes[2].shaft is None
+    # the ipycanvas renderer draws each pair in its colour with its label
+    calls = []
+
+    class Layer:
+        def __setattr__(self, name, value):
+            calls.append((name, value))
+
+        def __getattr__(self, name):
+            return lambda *args: calls.append((name, args))
+
+    canvas_draw.draw_pairs(Layer(), shapes)
+    assert ("fill_style", DRAG_COLORS[0]) in calls and ("fill_style", DRAG_COLORS[1]) in calls
+    texts = [args[0] for name, args in calls if name == "fill_text"]
+    assert texts == ["1", "2", "3"]
+
+
 # ---------------------------------------------------------------------------------------------- editor
 @pytest.fixture(scope="module")
 def model():
@@ -229,7 +285,10 @@ def test_editor_is_a_box_that_displays_itself(session):
     e.view.value = "result"
     assert e.input_box.layout.display == "none" and e.result_box.layout.display is None
     e.close()
-    assert e._on_session_event not in session._observers
+    session.add_drag(handle=(10, 10), target=(10, 40))            # a closed editor no longer follows the session
+    assert e.canvas.drags == [] and e.settings["drag_steps"].value == 3
+    session.configure(drag_steps=5)
+    assert e.settings["drag_steps"].value == 3
 
 
 def test_canvas_edits_reach_the_session(session):
@@ -261,7 +320,7 @@ def test_session_changes_reach_the_canvas(session):
     m[:, :32] = True
     session.set_mask(m)
     assert np.array_equal(e.canvas.mask, m)
-    e.canvas.on_mouse_down(*e.canvas.image_to_display(50, 50))   # a handle waiting on the canvas ...
+    e.canvas.handle_mouse_down(*e.canvas.image_to_display(50, 50))   # a handle waiting on the canvas ...
     session.add_drag(handle=(30, 10), target=(30, 40))            # ... stays when a cell adds a drag
     assert e.canvas.pending == (50.0, 50.0) and len(e.canvas.drags) == 2
     session.remove_drag(1)
@@ -285,7 +344,7 @@ def test_bad_input_becomes_a_status_message(session):
     e.buttons["run"].click()                      # no drags yet
     assert e.wait(30)
     assert "no drags" in e.status_text and session.n_steps == 0 and not e.busy
-    e.canvas.on_mouse_down(-10, 5)
+    e.canvas.handle_mouse_down(-10, 5)
     assert "outside" in e.status_text
     e.settings["r_p"].value = 0                   # out of range: refused, the widget shows the session's value
     assert "r_p" in e.status_text and session.config.r_p == 3 and e.settings["r_p"].value == 3
@@ -302,9 +361,9 @@ def test_bad_input_becomes_a_status_message(session):
     click(e.canvas, (40, 20))
     assert session.drags == [((20.0, 20.0), (40.0, 20.0))]
     # a target moved onto its handle: refused, the pair goes back to where it was
-    e.canvas.on_mouse_down(*e.canvas.image_to_display(40, 20))
-    e.canvas.on_mouse_move(*e.canvas.image_to_display(20, 20))
-    e.canvas.on_mouse_up(*e.canvas.image_to_display(20, 20))
+    e.canvas.handle_mouse_down(*e.canvas.image_to_display(40, 20))
+    e.canvas.handle_mouse_move(*e.canvas.image_to_display(20, 20))
+    e.canvas.handle_mouse_up(*e.canvas.image_to_display(20, 20))
     assert "equals its handle" in e.status_text
     assert session.drags == e.canvas.drags == [((20.0, 20.0), (40.0, 20.0))]
     # erasing every editable pixel: the session refuses an empty mask, the canvas keeps the last good one
@@ -336,7 +395,7 @@ def test_run_stop_step_resume_reset(session):
     assert e.busy and e.buttons["run"].disabled and not e.buttons["stop"].disabled
     assert e.buttons["clear_points"].disabled and e.buttons["undo"].disabled and e.settings["lam"].disabled
     _wait_for(lambda: session.n_steps >= 1)
-    e.canvas.on_mouse_down(*e.canvas.image_to_display(5, 5))     # the canvas is locked while running
+    e.canvas.handle_mouse_down(*e.canvas.image_to_display(5, 5))     # the canvas is locked while running
     assert "busy" in e.canvas.message and e.canvas.pending is None
     e.buttons["stop"].click()
     at_stop = session.n_steps

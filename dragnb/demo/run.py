@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from dragnb.demo.world import sample_drag, score_edit
+from dragnb.drawing import draw_pairs_pil, pair_shapes
 
 DEMO_SEED = 1_000_000_003
 """A held-out world case (seeds >= 10**9 are never trained on) on which the shipped model edits well."""
@@ -28,21 +28,13 @@ def demo_case():
 
 
 def _draw(img: Image.Image, handles, targets, start_handles, caption: str) -> Image.Image:
-    """Upscale `img` and draw the drags: start (hollow), current handle (red), target (blue), arrows."""
+    """Upscale `img` and draw the drags in the house's drawing vocabulary (`dragnb.drawing`): each drag's
+    colour and 1-based label, an arrow from its start to its target, a cross where the handle is now."""
     k = GIF_SCALE
     big = img.convert("RGB").resize((img.width * k, img.height * k), Image.NEAREST)
     d = ImageDraw.Draw(big)
-    for (hx, hy), (tx, ty), (sx, sy) in zip(handles, targets, start_handles):
-        h, t, s = (hx * k, hy * k), (tx * k, ty * k), (sx * k, sy * k)
-        d.line([s, h], fill=(255, 255, 255), width=2)
-        d.line([h, t], fill=(255, 255, 255), width=1)
-        ang = math.atan2(t[1] - h[1], t[0] - h[0])
-        if math.hypot(t[0] - h[0], t[1] - h[1]) > 8:
-            for da in (2.6, -2.6):
-                d.line([t, (t[0] + 8 * math.cos(ang + da), t[1] + 8 * math.sin(ang + da))], fill=(255, 255, 255), width=2)
-        d.ellipse([s[0] - 4, s[1] - 4, s[0] + 4, s[1] + 4], outline=(255, 80, 80), width=1)
-        d.ellipse([t[0] - 5, t[1] - 5, t[0] + 5, t[1] + 5], fill=(40, 90, 255), outline=(255, 255, 255))
-        d.ellipse([h[0] - 5, h[1] - 5, h[0] + 5, h[1] + 5], fill=(255, 40, 40), outline=(255, 255, 255))
+    scaled = lambda points: [(x * k, y * k) for x, y in points]
+    draw_pairs_pil(d, pair_shapes(scaled(start_handles), scaled(targets), scaled(handles), radius=5.0, head=8.0))
     d.rectangle([0, 0, big.width, 14], fill=(0, 0, 0))
     d.text((4, 2), caption, fill=(255, 255, 255))
     return big

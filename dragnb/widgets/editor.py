@@ -5,10 +5,10 @@ The editor holds no algorithm: every action is one call on the session (`configu
 work in a background thread, so the notebook stays usable and **Stop** (`session.stop()`) takes effect
 before the next step; the session is left consistent and Run resumes it.
 
-Sync runs both ways: canvas edits call `session.set_drags` / `session.set_mask`; session changes made
-in a cell (`session.add_drag(...)`) reach the canvas through `session.observe`. A `ValueError` from the
-session (bad point, setting out of range, Run with no drags, ...) becomes a message in the status line
-and the widget goes back to the session's state.
+Sync runs both ways: canvas edits (`canvas.on_drags_changed` / `on_mask_changed`) call
+`session.set_drags` / `session.set_mask`; session changes made in a cell (`session.add_drag(...)`) reach
+the canvas through `session.observe`. A `ValueError` from the session (bad point, setting out of range,
+Run with no drags, ...) becomes a message in the status line and the widget goes back to the session's state.
 """
 from __future__ import annotations
 
@@ -81,7 +81,7 @@ class DragEditor(widgets.VBox):
         self.view = widgets.ToggleButtons(options=[("Both", "both"), ("Input", "input"), ("Result", "result")],
                                           value="both")
         self.view.style.button_width = "70px"
-        self.view.observe(self._on_view, names="value")
+        self.view.observe(self._on_view_changed, names="value")
 
         def button(name, description, handler, tooltip="", style=""):
             b = widgets.Button(description=description, tooltip=tooltip, button_style=style,
@@ -116,15 +116,13 @@ class DragEditor(widgets.VBox):
 
         # --- settings
         self.settings = {}
-        rows = []
         for field, label, cls in SETTINGS:
-            value = getattr(session.config, field)
-            wdg = cls(value=value, description=label, style={"description_width": "130px"},
+            wdg = cls(value=getattr(session.config, field), description=label, style={"description_width": "130px"},
                       layout=widgets.Layout(width="260px"))
             wdg.observe(lambda c, f=field: self._on_setting(f, c["new"]), names="value")
             self.settings[field] = wdg
-            rows.append(wdg)
-        settings_box = widgets.GridBox(rows, layout=widgets.Layout(grid_template_columns="repeat(3, 270px)"))
+        settings_box = widgets.GridBox(list(self.settings.values()),
+                                       layout=widgets.Layout(grid_template_columns="repeat(3, 270px)"))
         self.settings_panel = widgets.Accordion(children=[settings_box])
         self.settings_panel.set_title(0, "Settings")
 
@@ -136,8 +134,8 @@ class DragEditor(widgets.VBox):
                           self.status, self.settings_panel, self.details], **kwargs)
 
         # --- sync both ways
-        self.canvas.observe(self._on_canvas_drags, names="drags")
-        self.canvas.observe(self._on_canvas_mask, names="mask")
+        self.canvas.on_drags_changed(self._on_canvas_drags)
+        self.canvas.on_mask_changed(self._on_canvas_mask)
         self.canvas.observe(self._on_canvas_message, names="message")
         session.observe(self._on_session_event)
         self._show_handles()
@@ -161,23 +159,23 @@ class DragEditor(widgets.VBox):
             self.say(change["new"], error=self.canvas.message_is_error)
 
     # ------------------------------------------------------------------ canvas -> session
-    def _on_canvas_drags(self, change):
+    def _on_canvas_drags(self, drags):
         if self._syncing:
             return
         try:
-            self.session.set_drags(list(change["new"]))
+            self.session.set_drags(list(drags))
         except (ValueError, TypeError) as e:
             self.say(str(e), error=True)
-            new, accepted = list(change["new"]), [tuple(map(tuple, d)) for d in self.session.drags]
+            new, accepted = list(drags), [tuple(map(tuple, d)) for d in self.session.drags]
             self._sync_from_session("drags")
             if len(new) == len(accepted) + 1 and new[:-1] == accepted and self.canvas.interactive:
                 self.canvas.pending = new[-1][0]     # the refused pair's handle waits for another target
 
-    def _on_canvas_mask(self, change):
+    def _on_canvas_mask(self, mask):
         if self._syncing:
             return
         try:
-            self.session.set_mask(change["new"])
+            self.session.set_mask(mask)
         except (ValueError, TypeError) as e:
             self.say(str(e), error=True)
             self._sync_from_session("mask")
@@ -254,9 +252,9 @@ class DragEditor(widgets.VBox):
         self.result_label.value = f"<b>result</b> {html.escape(label)}"
         self._show_handles(handles)
 
-    def _on_view(self, change):
-        self.input_box.layout.display = "none" if change["new"] == "result" else None
-        self.result_box.layout.display = "none" if change["new"] == "input" else None
+    def _on_view_changed(self, change):
+        self.input_box.layout.display, self.result_box.layout.display = {
+            "both": (None, None), "input": (None, "none"), "result": ("none", None)}[change["new"]]
 
     # ------------------------------------------------------------------ actions
     @property
@@ -265,9 +263,8 @@ class DragEditor(widgets.VBox):
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the background job (Prepare/Step/Run) ends; True when none is left running."""
-        worker = self._worker
-        if worker is not None:
-            worker.join(timeout)
+        if self._worker is not None:
+            self._worker.join(timeout)
         return not self.busy
 
     def prepare(self) -> None:
@@ -300,15 +297,13 @@ class DragEditor(widgets.VBox):
         self.say("reset: back to the start; Run starts over")
 
     # --- background jobs
-    def _start(self, name, job) -> bool:
+    def _start(self, name, job) -> None:
         if self.busy:
-            self.say("busy: wait for the current job or press Stop", error=True)
-            return False
+            return self.say("busy: wait for the current job or press Stop", error=True)
         self._stop_requested = False
         self._set_busy(True, name)
         self._worker = threading.Thread(target=self._job, args=(name, job), name=f"dragnb-{name}", daemon=True)
         self._worker.start()
-        return True
 
     def _job(self, name, job):
         try:
@@ -341,15 +336,14 @@ class DragEditor(widgets.VBox):
             return                                   # coarse: about 20 status updates per stage
         self.say(f"preparing: {stage} {i}/{n}")
 
-    def _prepare_if_needed(self):
-        if not self.session.is_prepared:
+    def _prepare_if_needed(self, always: bool = False):
+        if always or not self.session.is_prepared:
             self.session.prepare(progress=False, callback=self._on_prepare_progress)
             self.lora_progress.value = self.lora_progress.max
 
     def _prepare_job(self):
         t0 = time.perf_counter()
-        self.session.prepare(progress=False, callback=self._on_prepare_progress)
-        self.lora_progress.value = self.lora_progress.max
+        self._prepare_if_needed(always=True)
         self.say(f"prepared in {time.perf_counter() - t0:.1f} s: add drags and press Run")
 
     def _step_job(self):

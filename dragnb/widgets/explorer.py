@@ -6,18 +6,25 @@ source feature at that point over the feature grid, with the tracking window
 positions, losses, preview snapshots recorded with :class:`dragnb.viz.PreviewRecorder`) and the loss
 curves with the scrubbed step marked.
 
-The widget holds no algorithm: similarity maps come from :mod:`dragnb.viz`, features and coordinates
-from the session. Gesture handlers are small named methods (``on_click``, ``on_step_change``,
-``on_query_change``, ``on_features_change``) so tests can drive them without a browser.
+The widget holds no algorithm: the tracking map comes from :mod:`dragnb.viz` (which draws
+:func:`dragnb.drag.tracking_distance`), features and coordinates from the session; drags are drawn in
+the one vocabulary of :mod:`dragnb.drawing` (the editor canvas's renderer). Naming follows ipycanvas:
+gesture handlers are ``handle_*`` (``handle_click(x, y)`` picks an image point, as clicking there does;
+``handle_mouse_down``, ``handle_step_change``, ``handle_query_change``, ``handle_features_change``,
+``handle_session_event``), so tests drive them without a browser; ``on_click(callback, remove=False)``
+registers a callback for picked points.
 """
 from __future__ import annotations
+
+from typing import Callable
 
 import numpy as np
 import ipywidgets as W
 from ipycanvas import Canvas, hold_canvas
 
 from .. import viz
-from .canvas import _DRAW_LOCK
+from ..drawing import as_rgb_array, drag_label, pair_shapes
+from .canvas_draw import DRAW_LOCK, HEAD_LENGTH, draw_pairs
 
 __all__ = ["FeatureExplorer"]
 
@@ -44,10 +51,11 @@ class FeatureExplorer(W.VBox):
         self.point_xy = None
         self.last_figure = None
         self._syncing = False
+        self._click_callbacks = W.CallbackDispatcher()
 
         self.canvas = Canvas(width=w * self.scale, height=h * self.scale,
                              layout=W.Layout(width=f"{w * self.scale}px", height=f"{h * self.scale}px"))
-        self.canvas.on_mouse_down(self.on_click_canvas)
+        self.canvas.on_mouse_down(self.handle_mouse_down)
         self.sim_image = W.Image(format="png", layout=W.Layout(max_width="640px"))
         self.loss_image = W.Image(format="png", layout=W.Layout(max_width="760px"))
         self.query_select = W.Dropdown(description="query", options=self._query_options(), layout=W.Layout(width="220px"))
@@ -58,10 +66,10 @@ class FeatureExplorer(W.VBox):
         self.info = W.HTML()
         self.follow = W.Checkbox(value=True, description="redraw on every session change", indent=False,
                                  layout=W.Layout(width="240px"))
-        self.query_select.observe(self.on_query_change, names="value")
-        self.features_toggle.observe(self.on_features_change, names="value")
-        self.step_slider.observe(self.on_step_change, names="value")
-        session.observe(self.on_session_event)
+        self.query_select.observe(self.handle_query_change, names="value")
+        self.features_toggle.observe(self.handle_features_change, names="value")
+        self.step_slider.observe(self.handle_step_change, names="value")
+        session.observe(self.handle_session_event)
         super().__init__([
             W.HBox([self.query_select, self.features_toggle, self.follow]),
             W.HBox([self.canvas, self.sim_image]),
@@ -80,7 +88,7 @@ class FeatureExplorer(W.VBox):
         return self.query_select.value
 
     def _query_options(self):
-        return [(_CLICKED, _CLICKED)] + [(f"drag {i}", i) for i in range(len(self.session.drags))]
+        return [(_CLICKED, _CLICKED)] + [(f"drag {drag_label(i)}", i) for i in range(len(self.session.drags))]
 
     def handles_at(self, step: int) -> list:
         """Handle points (x, y) after ``step`` steps (0 = the drags' handles)."""
@@ -88,34 +96,46 @@ class FeatureExplorer(W.VBox):
             return [h for h, _ in self.session.drags]
         return list(self.session.history[min(step, len(self.session.history)) - 1].handles)
 
-    # ---- gestures -------------------------------------------------------------------------
-    def on_click_canvas(self, x, y):
-        """ipycanvas mouse-down: canvas pixels -> image pixels (the one place), then `on_click`."""
-        self.on_click(x / self.scale, y / self.scale)
+    # ---- callback registrar (ipycanvas style) ----------------------------------------------
+    def on_click(self, callback: Callable, remove: bool = False) -> None:
+        """Register ``callback(x, y)``, called with the image point after each pick (a click, or `handle_click`)."""
+        if not callable(callback):
+            raise TypeError(f"on_click registers a callback; got {callback!r}. To pick the image point (x, y) "
+                            "as a click there does, call handle_click(x, y)")
+        self._click_callbacks.register_callback(callback, remove=remove)
 
-    def on_click(self, x, y):
-        """Pick the image point (x, y) (image pixels) as the query."""
+    # ---- gestures -------------------------------------------------------------------------
+    def handle_mouse_down(self, x, y):
+        """ipycanvas mouse-down: canvas pixels -> image pixels (the one place), then `handle_click`."""
+        self.handle_click(x / self.scale, y / self.scale)
+
+    def handle_click(self, x, y):
+        """Pick the image point (x, y) (image pixels) as the query, as clicking there does."""
         w, h = self.session.size
         if not (0 <= x < w and 0 <= y < h):
             raise ValueError(f"point ({x}, {y}) is outside the {w}×{h} image")
         self.point_xy = (float(x), float(y))
         if self.query_select.value != _CLICKED:
-            self.query_select.value = _CLICKED          # triggers on_query_change -> refresh
+            self.query_select.value = _CLICKED          # triggers handle_query_change -> refresh
         else:
             self.refresh()
+        self._click_callbacks(*self.point_xy)
 
-    def on_query_change(self, change=None):
+    def handle_query_change(self, change=None):
+        """The query list changed (a user pick): redraw."""
         if not self._syncing:
             self.refresh()
 
-    def on_features_change(self, change=None):
+    def handle_features_change(self, change=None):
+        """"match in" toggled between current and source features: redraw the map."""
         self.draw_similarity()
 
-    def on_step_change(self, change=None):
+    def handle_step_change(self, change=None):
+        """The step slider moved (a user gesture): redraw at that step."""
         if not self._syncing:
             self.refresh()
 
-    def on_session_event(self, event: str):
+    def handle_session_event(self, event: str):
         """Keep the slider and the query list in step with the session (new steps, rewind, drags, image).
 
         With ``follow`` unticked only the slider range is updated (no feature pass, no figures): cheaper
@@ -139,11 +159,12 @@ class FeatureExplorer(W.VBox):
                 self.query_select.value = keep
         finally:
             self._syncing = False
+        self._click_callbacks = W.CallbackDispatcher()
         if self.follow.value or event == "image":
             self.refresh()
 
     def close(self):
-        self.session.unobserve(self.on_session_event)
+        self.session.unobserve(self.handle_session_event)
         super().close()
 
     # ---- drawing --------------------------------------------------------------------------
@@ -154,28 +175,26 @@ class FeatureExplorer(W.VBox):
 
     def _backdrop(self) -> np.ndarray:
         known = [k for k in self.frames if k <= self.step]
-        return viz._image_hw3(self.frames[max(known)] if known else self.session.image)
+        return as_rgb_array(self.frames[max(known)] if known else self.session.image)
 
     def draw_image(self):
+        """The backdrop at the scrubbed step with the drags (handle -> target, a cross where the handle is
+        at that step) and the clicked point."""
         s, k = self.session, self.scale
         img = self._backdrop()
         big = np.repeat(np.repeat(img, k, axis=0), k, axis=1)
-        handles_now = self.handles_at(self.step)
-        with _DRAW_LOCK, hold_canvas():   # one process-wide batch, shared with DragCanvas redraws
+        px = lambda p: (p[0] * k, p[1] * k)                  # image pixels -> canvas pixels
+        now = self.handles_at(self.step)
+        shapes = pair_shapes([px(h) for h, _ in s.drags], [px(t) for _, t in s.drags],
+                             [px(c) for c in now] if len(now) == len(s.drags) else None, radius=5.0, head=HEAD_LENGTH)
+        with DRAW_LOCK, hold_canvas():   # one process-wide batch, shared with DragCanvas redraws
             self.canvas.clear()
             self.canvas.put_image_data(big, 0, 0)
-            for i, ((h, t), c) in enumerate(zip(s.drags, handles_now)):
-                col = viz.DRAG_COLORS[i % len(viz.DRAG_COLORS)]
-                self.canvas.stroke_style = col
-                self.canvas.line_width = 2
-                self.canvas.stroke_line(h[0] * k, h[1] * k, t[0] * k, t[1] * k)
-                self.canvas.fill_style = col
-                self.canvas.fill_circle(c[0] * k, c[1] * k, 5)
-                self.canvas.stroke_circle(t[0] * k, t[1] * k, 5)
+            draw_pairs(self.canvas, shapes)
             if self.point_xy is not None:
                 self.canvas.stroke_style = "cyan"
                 self.canvas.line_width = 2
-                x, y = self.point_xy[0] * k, self.point_xy[1] * k
+                x, y = px(self.point_xy)
                 self.canvas.stroke_line(x - 7, y, x + 7, y)
                 self.canvas.stroke_line(x, y - 7, x, y + 7)
 
@@ -199,7 +218,8 @@ class FeatureExplorer(W.VBox):
             center_rc = s.image_to_grid(self.handles_at(self.step)[q])
             target_rc = s.image_to_grid(target_xy)
         fig = viz.plot_similarity(src, q if q != _CLICKED else 0, current=feats, point_rc=point_rc, center_rc=center_rc,
-                                  target_rc=target_rc, r_p=s.config.r_p, figsize=(7.6, 3.6))
+                                  target_rc=target_rc, r_p=s.config.r_p, patch=s.config.track_patch,
+                                  figsize=(7.6, 3.6))
         fig.suptitle(f"features: {self.features_toggle.value} (step {s.n_steps}); "
                      f"window: handle at scrubbed step {self.step}", fontsize=9)
         self.last_figure = fig
