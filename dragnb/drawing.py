@@ -142,10 +142,8 @@ def as_rgb_array(image) -> np.ndarray:
         raise ValueError(f"expected an image (PIL image or HxWx3 uint8 array), got an array of shape {a.shape}")
     a = a[..., :3]
     if a.dtype != np.uint8:
-        a = a.astype(np.float64)
-        if np.issubdtype(np.asarray(image).dtype, np.floating) and a.max(initial=0.0) <= 1.0:
-            a = a * 255.0
-        a = np.clip(np.rint(a), 0, 255).astype(np.uint8)
+        scale = 255.0 if np.issubdtype(a.dtype, np.floating) and a.max(initial=0.0) <= 1.0 else 1.0
+        a = np.clip(np.rint(a.astype(np.float64) * scale), 0, 255).astype(np.uint8)
     return np.ascontiguousarray(a)
 
 

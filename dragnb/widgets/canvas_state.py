@@ -96,7 +96,7 @@ class CanvasState(widgets.VBox):
         try:
             return as_rgb_array(proposal["value"])
         except (TypeError, ValueError) as e:
-            raise traitlets.TraitError(f"image must be a PIL image or an HxWx3 uint8 array: {e}") from None
+            raise traitlets.TraitError(f"image: {e}") from None
 
     @traitlets.observe("image")
     def _on_image_changed(self, change):
