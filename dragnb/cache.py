@@ -111,7 +111,8 @@ class ReferenceStep:
 
 @dataclass(frozen=True)
 class Reference:
-    """The un-dragged trajectory from the drag timestep on, `len(ts)` = reference_steps + 1 entries."""
+    """The un-dragged trajectory from the drag timestep on: `len(ts)` = reference_steps + 1 UNet calls, and one
+    latent more (`latents[i]` sits at `ts[i]`; the last is where a method that finished its timesteps renders from)."""
     ts: tuple
     latents: tuple
     feats: tuple
@@ -316,7 +317,7 @@ class SourceCache:
         self.counters["feature_extractions"] += 1
         if callback:
             callback("features", 1, 1)
-        return self._put("features", k, Reference(tuple(ts[:steps]), tuple(lats[:steps]), tuple(feats), tuple(prevs)))
+        return self._put("features", k, Reference(tuple(ts[:steps]), tuple(lats), tuple(feats), tuple(prevs)))
 
     def prepare(self, spec: SourceSpec, progress: bool = False, callback=None) -> tuple[LoraWeights, Inversion, Reference]:
         """All three stages in order (each a cache hit when already computed)."""

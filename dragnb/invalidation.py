@@ -34,12 +34,11 @@ STAGES = ("lora", "inversion", "features", "state", "none")
 #: For every `DragConfig` field: the first stage it invalidates ("none": only the next step or render reads it).
 STAGE_OF: dict[str, str] = {
     "lora_rank": "lora", "lora_steps": "lora", "lora_lr": "lora", "lora_batch_size": "lora",
-    "lora_targets": "lora",
     "n_inference_steps": "inversion", "inversion_strength": "inversion", "guidance_scale": "inversion",
     "feature_block": "features", "sup_res_scale": "features",
-    "method": "state", "drag_timesteps": "state", "rounds": "state", "updates_per_round": "state",
+    "method": "state",
     "r_m": "none", "r_p": "none", "track_patch": "none", "lam": "none", "drag_lr": "none", "drag_steps": "none",
-    "reach_distance": "none", "beta": "none", "restrict_tracking": "none",
+    "reach_distance": "none",
     "mutual_attention": "none", "attn_start_layer": "none", "attn_start_step": "none",
     "snapshot_every": "none",
 }

@@ -6,18 +6,15 @@ What each change invalidates is in `dragnb/invalidation.py`; the drag method is 
 from __future__ import annotations
 
 import threading
-import warnings
 
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from . import ddim, render
-from .cache import SourceCache, SourceSpec, image_digest
+from . import ddim, render, validate
+from .cache import SourceCache, SourceSpec
 from .config import DragConfig
-from .coords import Geometry, load_image, load_mask
-from .invalidation import restarts_state
-from .methods import get_method
+from .inputs import EditInputs
 from .state import DragDiverged, DragState, StepContext, StepRecord
 from .unet import forward_features, guided_unet_fn, using
 
@@ -29,7 +26,7 @@ def _tqdm(total, desc, enabled):
     return tqdm(total=total, desc=desc, disable=not enabled, leave=False)
 
 
-class DragSession:
+class DragSession(EditInputs):
     """Drag points of one image, one optimisation step at a time if you like.
 
     Args:
@@ -44,198 +41,19 @@ class DragSession:
 
     def __init__(self, model, image, prompt: str = "", seed: int = 0, config: DragConfig | None = None, mask=None,
                  cache: SourceCache | None = None):
-        if not all(hasattr(model, a) for a in ("unet", "scheduler", "default_config")):
-            raise TypeError(f"model={model!r} is not a DragModel: get one with dragnb.load_model('demo')")
-        if config is not None and not isinstance(config, DragConfig):
-            raise TypeError(f"config={config!r} is not a DragConfig: use model.default_config(**changes)")
-        self.model = model
-        self._prompt, self._seed = self._check_prompt(prompt), self._check_seed(seed)
-        self._config = config if config is not None else model.default_config()
-        self._config.validate()
-        self._method = get_method(self._config.method)
-        self.cache = cache if cache is not None else SourceCache(model)
-        self._observers: list = []
-        self._lock = threading.RLock()
-        self._stop = threading.Event()
-        self._drags: list[tuple[tuple[float, float], tuple[float, float]]] = []
-        self._mask = None
         self._state: DragState | None = None
         self._result_cache = None
         self.stop_reason: str | None = None
-        self._set_image(load_image(image))
-        if mask is not None:
-            self._mask = load_mask(mask, self.size)
-
-    # ---------------------------------------------------------------- inputs
-    @staticmethod
-    def _check_prompt(value) -> str:
-        if not isinstance(value, str):
-            raise TypeError(f"prompt={value!r} is not a string: give text ('' for none)")
-        return value
-
-    @staticmethod
-    def _check_seed(value) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) and not (hasattr(value, "__index__")):
-            raise TypeError(f"seed={value!r} is not a whole number: give an int such as 0")
-        return int(value)
-
-    def _set_image(self, img: Image.Image):
-        self._image = img
-        self._image_sha = image_digest(img)
-        self._geom = Geometry.for_model(img.size, self.model, self._config.sup_res_scale)
-        self._reset_state()
-
-    image = property(lambda self: self._image, doc="The user's RGB image (original size).")
-    size = property(lambda self: self._image.size, doc="(width, height) of the image.")
-    config = property(lambda self: self._config, doc="The frozen `DragConfig`; change it with `configure`.")
-    method = property(lambda self: self._method, doc="The `DragMethod` strategy that `config.method` names.")
-    geometry = property(lambda self: self._geom, doc="Image, working, grid and latent sizes (`coords.Geometry`).")
-    grid_size = property(lambda self: self._geom.grid_hw, doc="(h, w) of the supervision grid.")
-
-    @property
-    def prompt(self) -> str:
-        return self._prompt
-
-    @prompt.setter
-    def prompt(self, value: str) -> None:
-        """A new prompt needs a new LoRA and inversion (cached per prompt): the optimisation restarts."""
-        value = self._check_prompt(value)
-        with self._lock:
-            if value != self._prompt:
-                self._prompt = value
-                self._reset_state()
-        self._emit("config")
-
-    @property
-    def seed(self) -> int:
-        return self._seed
-
-    @seed.setter
-    def seed(self, value: int) -> None:
-        value = self._check_seed(value)
-        with self._lock:
-            if value != self._seed:
-                self._seed = value
-                self._reset_state()
-        self._emit("config")
-
-    def image_to_grid(self, xy):
-        return self._geom.image_to_grid(xy)
-
-    def grid_to_image(self, rc):
-        return self._geom.grid_to_image(rc)
-
-    def set_image(self, image) -> None:
-        """Replace the image (drags and mask are cleared; caches for the old image stay until evicted)."""
-        img = load_image(image)
-        with self._lock:
-            self._drags, self._mask = [], None
-            self._set_image(img)
-        self._emit("image")
-
-    def configure(self, **changes) -> DragConfig:
-        """Change settings; invalidates exactly what depends on them (`dragnb/invalidation.py`)."""
-        with self._lock:
-            new = self._config.replace(**changes)  # raises on unknown fields / bad values, state untouched
-            method = get_method(new.method) if new.method != self._config.method else self._method
-            changed = {k for k in changes if getattr(new, k) != getattr(self._config, k)}
-            if new.sup_res_scale != self._config.sup_res_scale:
-                geom = Geometry.for_model(self.size, self.model, new.sup_res_scale)
-                for h, t in self._drags:
-                    self._check_pair(h, t, geom)
-                self._geom = geom
-            self._config, self._method = new, method
-            if restarts_state(changed):
-                self._reset_state()
-            self._result_cache = None
-        self._emit("config")
-        return new
-
-    @property
-    def drags(self) -> list:
-        return list(self._drags)
-
-    def _check_pair(self, handle, target, geom=None):
-        g = geom or self._geom
-        h, t = g.check_point(handle, "handle"), g.check_point(target, "target")
-        if h == t:
-            raise ValueError(f"target {t} equals its handle: drag to a different point")
-        if g.image_to_grid(h) == g.image_to_grid(t):
-            cell = self.size[0] / g.grid_hw[1]
-            raise ValueError(f"handle {h} and target {t} fall in the same feature cell ({cell:.1f} px wide): "
-                             "drag farther")
-        return h, t
-
-    def add_drag(self, handle, target) -> int:
-        """Add a handle → target pair, (x, y) image pixels; returns its index. Resets the optimisation."""
-        pair = self._check_pair(handle, target)
-        with self._lock:
-            self._drags.append(pair)
-            self._reset_state()
-        self._emit("drags")
-        return len(self._drags) - 1
-
-    def set_drags(self, drags) -> None:
-        checked = [self._check_pair(*self._unpack(d)) for d in drags]
-        with self._lock:
-            if checked == self._drags:
-                return
-            self._drags = checked
-            self._reset_state()
-        self._emit("drags")
-
-    @staticmethod
-    def _unpack(d):
-        try:
-            h, t = d
-        except (TypeError, ValueError):
-            raise TypeError(f"drag {d!r} is not a (handle, target) pair: give ((x, y), (x, y))") from None
-        return h, t
-
-    def remove_drag(self, i: int) -> None:
-        if isinstance(i, bool) or not isinstance(i, int) or not -len(self._drags) <= i < len(self._drags):
-            raise ValueError(f"drag index {i!r} does not exist: there are {len(self._drags)} drags")
-        with self._lock:
-            del self._drags[i]
-            self._reset_state()
-        self._emit("drags")
-
-    def clear_drags(self) -> None:
-        self.set_drags([])
-
-    @property
-    def mask(self):
-        return None if self._mask is None else self._mask.copy()
-
-    def set_mask(self, mask) -> None:
-        """Editable region: HxW bool/uint8 array or PIL 'L' (True/255 = may change), or None (all may change)."""
-        m = load_mask(mask, self.size)
-        with self._lock:
-            self._mask = m
-            self._result_cache = None
-        self._emit("mask")
-
-    def observe(self, fn) -> None:
-        if fn not in self._observers:
-            self._observers.append(fn)
-
-    def unobserve(self, fn) -> None:
-        if fn in self._observers:
-            self._observers.remove(fn)
-
-    def _emit(self, event: str) -> None:
-        for fn in list(self._observers):
-            try:
-                fn(event)
-            except Exception as e:  # an observer's bug must not break the session
-                warnings.warn(f"dragnb observer {fn!r} raised {e!r} on event {event!r}")
+        self.cache = cache if cache is not None else SourceCache(model)
+        self._stop = threading.Event()
+        super().__init__(model, image, prompt, seed, config, mask)
 
     # ---------------------------------------------------------------- source side (cached)
     @property
     def spec(self) -> SourceSpec:
         """What the source side of this edit is made from (the cache's input)."""
-        return SourceSpec(self._image, self._geom.work_wh, self._geom.grid_hw, self._prompt, self._seed,
-                          self._config, self._method.reference_steps(self._config), self._image_sha)
+        return SourceSpec(self.image, self.geometry.work_wh, self.geometry.grid_hw, self.prompt, self.seed,
+                          self.config, self.method.reference_steps(self.config), self.image_sha)
 
     @property
     def counters(self) -> dict:
@@ -269,46 +87,50 @@ class DragSession:
         return lw.state, inv, ref
 
     def _mask_latent(self):
-        if self._mask is None:
+        if self.mask is None:
             return None
-        grid = torch.from_numpy(self._geom.mask_to_grid(self._mask))[None, None]
-        return F.interpolate(grid, size=self._geom.latent_hw, mode="nearest").to(self.model.device)
+        grid = torch.from_numpy(self.geometry.mask_to_grid(self.mask))[None, None]
+        return F.interpolate(grid, size=self.geometry.latent_hw, mode="nearest").to(self.model.device)
 
     # ---------------------------------------------------------------- the drag state
-    def _reset_state(self):
-        self._state = None
+    def _inputs_changed(self, restart: bool) -> None:
+        if restart:
+            self._state = None
         self._result_cache = None
+
+    def _reset_state(self):
+        self._inputs_changed(restart=True)
 
     def _ensure_state(self) -> DragState:
         if self._state is None:
-            if not self._drags:
+            if not self.drags:
                 raise ValueError("no drags: add one with session.add_drag(handle=(x, y), target=(x, y)) before "
                                  "step()/run()")
             _, inv, _ = self._source()
-            grid = lambda pts: torch.tensor([self._geom.image_to_grid(p) for p in pts], dtype=torch.float32)  # noqa
-            self._state = DragState(self._method, inv.zt, grid([h for h, _ in self._drags]),
-                                    grid([t for _, t in self._drags]), self._config.drag_lr)
+            grid = lambda pts: torch.tensor([self.geometry.image_to_grid(p) for p in pts], dtype=torch.float32)  # noqa
+            self._state = DragState(self.method, inv.zt, grid([h for h, _ in self.drags]),
+                                    grid([t for _, t in self.drags]), self.config.drag_lr)
         return self._state
 
     def _context(self, lora_state, ref) -> StepContext:
-        m, c, cond = self.model, self._config, self.model.encode_prompt(self._prompt)
-        fwd = lambda z, t: forward_features(m, cond, z, t, c.n_inference_steps, c.feature_block, self._geom.grid_hw)  # noqa
+        m, c, cond = self.model, self.config, self.model.encode_prompt(self.prompt)
+        fwd = lambda z, t: forward_features(m, cond, z, t, c.n_inference_steps, c.feature_block, self.geometry.grid_hw)  # noqa
         den = lambda z, t: ddim.prev_step(m.scheduler, guided_unet_fn(m, cond, 1.0)(z, t), z, t, c.n_inference_steps)  # noqa
-        return StepContext(c, ref, fwd, den, self._mask_latent(), self._geom.grid_to_image)
+        return StepContext(c, ref, fwd, den, self._mask_latent(), self.geometry.grid_to_image)
 
     n_steps = property(lambda self: 0 if self._state is None else self._state.n_steps, doc="Steps since the reset.")
     reached = property(lambda self: self._state is not None and self._state.reached,
                        doc="True when tracking puts every handle at its target (or the method has no step left).")
     history = property(lambda self: [] if self._state is None else list(self._state.history),
                        doc="Per-step `StepRecord`s (loss terms, handles, timestep).")
-    targets = property(lambda self: [t for _, t in self._drags], doc="Targets (x, y) in image pixels.")
+    targets = property(lambda self: [t for _, t in self.drags], doc="Targets (x, y) in image pixels.")
 
     @property
     def handles(self) -> list:
         """Current handle points (x, y) in image pixels (the drags' handles before any step)."""
         if self._state is None:
-            return [h for h, _ in self._drags]
-        return [self._geom.grid_to_image(rc.tolist()) for rc in self._state.handles_rc]
+            return [h for h, _ in self.drags]
+        return [self.geometry.grid_to_image(rc.tolist()) for rc in self._state.handles_rc]
 
     @property
     def position(self):
@@ -318,8 +140,7 @@ class DragSession:
     def step(self, n: int = 1) -> list[StepRecord]:
         """Run n optimisation steps (prepares first if needed). Returns the records of the steps taken: fewer than
         n when every handle reached its target."""
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"n={n!r}: step a whole number of times, at least 1")
+        n = validate.whole(n, "n", minimum=1)
         out = []
         with self._lock:
             state = self._ensure_state()
@@ -333,11 +154,11 @@ class DragSession:
                     except DragDiverged as e:
                         self.stop_reason = (f"step {state.n_steps + 1} produced a non-finite loss/latent ({e}); the "
                                             f"session keeps the state after step {state.n_steps}. Lower drag_lr (now "
-                                            f"{self._config.drag_lr}) or use float32")
+                                            f"{self.config.drag_lr}) or use float32")
                         raise DragDiverged(self.stop_reason) from None
                     if rec is None:
                         self.stop_reason = "tracking puts every handle at its target" if not \
-                            self._method.finished(self._config, state.position) else "the method's schedule is done"
+                            self.method.finished(self.config, state.position) else "the method's schedule is done"
                         break
                     out.append(rec)
             self._result_cache = None
@@ -347,13 +168,12 @@ class DragSession:
     def run(self, max_steps: int | None = None, callback=None, progress: bool = True) -> list[StepRecord]:
         """Optimise until every handle reaches its target, `max_steps` steps (default: up to config.drag_steps in
         all), `callback(record)` returns False, or `stop()` is called from another thread."""
-        if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 0):
-            raise ValueError(f"max_steps={max_steps!r}: give a whole number >= 0, or None for config.drag_steps")
-        if not self._drags:
+        max_steps = validate.whole(max_steps, "max_steps", minimum=0, allow_none=True)
+        if not self.drags:
             raise ValueError("no drags: add one with session.add_drag(handle=(x, y), target=(x, y)) before run()")
         self._stop.clear()
         self.stop_reason = None
-        n = max(0, self._config.drag_steps - self.n_steps) if max_steps is None else max_steps
+        n = max(0, self.config.drag_steps - self.n_steps) if max_steps is None else max_steps
         records = []
         bar = _tqdm(n, "drag", progress)
         try:
@@ -389,8 +209,9 @@ class DragSession:
 
     def rewind(self, k: int = 1) -> None:
         """Undo the last k steps exactly (restores the nearest snapshot, then replays the steps in between)."""
-        if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= self.n_steps:
-            raise ValueError(f"cannot rewind {k!r} steps: {self.n_steps} steps were taken")
+        k = validate.whole(k, "k", minimum=0)
+        if k > self.n_steps:
+            raise ValueError(f"cannot rewind {k} steps: {self.n_steps} steps were taken")
         if k == 0:
             return
         with self._lock:
@@ -420,7 +241,7 @@ class DragSession:
     # ---------------------------------------------------------------- looking
     def _render(self, z, index: int, mutual: bool) -> Image.Image:
         lora_state, _, ref = self._source()
-        img = render.denoise(self.model, self.model.encode_prompt(self._prompt), lora_state, self._config,
+        img = render.denoise(self.model, self.model.encode_prompt(self.prompt), lora_state, self.config,
                              ref.latents[index], z, index, mutual)
         self.cache.counters["denoisings"] += 1
         return render.to_pil(img, self.size)
@@ -429,7 +250,7 @@ class DragSession:
         """The edited image: DDIM-denoise the current latent (mutual self-attention per config), at image size."""
         with self._lock:
             z, index = self.current_latent(), 0 if self._state is None else self._state.position.index
-            c = self._config
+            c = self.config
             key = (self.n_steps, index, c.mutual_attention, c.attn_start_layer, c.attn_start_step,
                    float(z.double().sum()))
             if self._result_cache is None or self._result_cache[0] != key:
@@ -449,7 +270,7 @@ class DragSession:
                 raise ValueError(f"latent has shape {tuple(z.shape)} but this session's step-t latents are "
                                  f"{tuple(zt.shape)}: start from latent_at(0) or current_latent()")
             return self._render(z.to(zt.device, zt.dtype), 0,
-                                self._config.mutual_attention if mutual is None else bool(mutual))
+                                self.config.mutual_attention if mutual is None else bool(mutual))
 
     def reconstruction(self) -> Image.Image:
         """Denoise the unedited inverted latent (no mutual attention): how faithful the inversion is."""
@@ -461,7 +282,7 @@ class DragSession:
         with self._lock:
             lora_state, _, ref = self._source()
             index = 0 if self._state is None else min(self._state.position.index, len(ref.ts) - 1)
-            img = render.one_step_x0(self.model, self.model.encode_prompt(self._prompt), lora_state,
+            img = render.one_step_x0(self.model, self.model.encode_prompt(self.prompt), lora_state,
                                      self.current_latent(), ref.ts[index])
             return render.to_pil(img, self.size)
 
@@ -475,46 +296,29 @@ class DragSession:
             if which == "source":
                 return ref.feats[0][0].float().cpu().clone()
             index = 0 if self._state is None else min(self._state.position.index, len(ref.ts) - 1)
-            m, c = self.model, self._config
+            m, c = self.model, self.config
             with using(m, lora_state):
-                feat, _ = forward_features(m, m.encode_prompt(self._prompt), self.current_latent(), ref.ts[index],
-                                           c.n_inference_steps, c.feature_block, self._geom.grid_hw)
+                feat, _ = forward_features(m, m.encode_prompt(self.prompt), self.current_latent(), ref.ts[index],
+                                           c.n_inference_steps, c.feature_block, self.geometry.grid_hw)
             return feat[0].float().cpu()
 
     # ---------------------------------------------------------------- generated images
     @classmethod
-    @torch.no_grad()
     def generate(cls, model, prompt: str = "", seed: int = 0, config: DragConfig | None = None,
                  guidance_scale: float = 7.5, size: tuple[int, int] | None = None) -> "DragSession":
         """Generate an image from a prompt and a seed (DDIM with CFG) and return a session that drags it without
-        inversion error: the drag starts from the generation's own latent at step t.
-
-        No LoRA is trained (as the official code for generated images); the drag's motion supervision uses the
-        conditional branch, the final denoising uses `guidance_scale` with mutual attention.
-        """
-        cfg = (config or model.default_config()).replace(guidance_scale=float(guidance_scale), lora_steps=0)
-        W, H = size or (model.native_size, model.native_size)
-        geom = Geometry.for_model((W, H), model, cfg.sup_res_scale)
-        if geom.work_wh != (W, H):
-            raise ValueError(f"size {W}×{H} cannot be generated: use sides that are multiples of {model.size_multiple}"
-                             + (f" up to {model.max_side}" if model.max_side else ""))
-        g = torch.Generator().manual_seed(int(seed))
-        z_T = torch.randn((1, model.unet.config.in_channels, *geom.latent_hw), generator=g).to(model.device)
-        with using(model, None):
-            lats = ddim.sample(guided_unet_fn(model, model.encode_prompt(str(prompt)), cfg.guidance_scale),
-                               model.scheduler, z_T, cfg.n_inference_steps)
-        image = render.to_pil(model.decode(lats[-1]))
-        cache = SourceCache(model)
-        cache.add_generation(image_digest(image), lats, cfg.n_inference_steps)
+        inversion error (see `dragnb.generate.generate`)."""
+        from .generate import generate
+        image, cfg, cache = generate(model, prompt, seed, config, guidance_scale, size)
         return cls(model, image, prompt=prompt, seed=seed, config=cfg, cache=cache)
 
     # ---------------------------------------------------------------- save / load
     def state_dict(self) -> dict:
         """Inputs, the cache entries this edit uses and the drag state: everything to continue bit-exactly."""
         with self._lock:
-            return {"model": self.model.name, "prompt": self._prompt, "seed": self._seed,
-                    "config": self._config.to_dict(), "image": self._image, "mask": self._mask,
-                    "drags": [list(map(list, d)) for d in self._drags], "counters": dict(self.counters),
+            return {"model": self.model.name, "prompt": self.prompt, "seed": self.seed,
+                    "config": self.config.to_dict(), "image": self.image, "mask": self.mask,
+                    "drags": [list(map(list, d)) for d in self.drags], "counters": dict(self.counters),
                     "stop_reason": self.stop_reason, "cache": self.cache.state_dict(self.spec),
                     "state": None if self._state is None else self._state.state_dict()}
 
@@ -544,5 +348,5 @@ class DragSession:
 
     def __repr__(self):
         return (f"DragSession({self.size[0]}×{self.size[1]}, model={self.model.name!r}, "
-                f"method={self._config.method!r}, drags={len(self._drags)}, steps={self.n_steps}, "
+                f"method={self.config.method!r}, drags={len(self.drags)}, steps={self.n_steps}, "
                 f"prepared={self.is_prepared}, reached={self.reached})")
