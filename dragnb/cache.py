@@ -251,7 +251,8 @@ class SourceCache:
         try:
             with unet_lock(m.unet):
                 state = lora.train_lora(m, z0, m.encode_prompt(spec.prompt), rank=c.lora_rank, steps=c.lora_steps,
-                                        lr=c.lora_lr, batch_size=c.lora_batch_size, seed=spec.seed, callback=cb)
+                                        lr=c.lora_lr, batch_size=c.lora_batch_size, seed=spec.seed, callback=cb,
+                                        targets=c.lora_targets)
         finally:
             bar.close()
         self.counters["lora_trainings"] += 1
@@ -292,7 +293,6 @@ class SourceCache:
         self.counters["inversions"] += 1
         return self._put("inversion", k, Inversion(lat[0], lat[-1], t))
 
-    @torch.no_grad()
     def extract_features(self, spec: SourceSpec, progress: bool = False, callback=None) -> Reference:
         """Stage 3: the un-dragged reference trajectory from zt: `reference_steps` + 1 UNet calls, each giving
         the decoder features (1, C', gh, gw) and x_{t-1}; the next step starts from that x_{t-1}. Cached."""
@@ -308,7 +308,7 @@ class SourceCache:
         steps = min(spec.reference_steps, len(ts) - 1) + 1
         cond = m.encode_prompt(spec.prompt)
         lats, feats, prevs = [inv.zt], [], []
-        with using(m, weights.state):
+        with using(m, weights.state), torch.no_grad():
             for i in range(steps):
                 feat, x_prev = forward_features(m, cond, lats[i], ts[i], n, c.feature_block, spec.grid_hw)
                 feats.append(feat.detach())

@@ -15,7 +15,9 @@ class DragConfig:
     # --- the drag method ---------------------------------------------------------------------------
     method: str = "dragdiffusion"
     """Drag method, by name (`dragnb.methods.available()`): "dragdiffusion" is the official loop (one timestep,
-    motion supervision against the current handle's features)."""
+    motion supervision against the current handle's features); "gooddrag" alternates drag and denoising over the
+    first `drag_timesteps` steps with the original handle's features as the reference (arXiv 2404.07206).
+    `model.default_config(method=...)` also sets that method's own defaults (`DragMethod.defaults`)."""
 
     # --- LoRA fine-tune on the input image (cached; see LORA_FIELDS) -----------------------------
     lora_rank: int = 16
@@ -56,6 +58,36 @@ class DragConfig:
     """Most optimisation steps `run()` takes."""
     reach_distance: float = 2.0
     """A handle has reached its target when their grid distance is below this (official: 2.0, i.e. within one cell)."""
+
+    # --- GoodDrag (method="gooddrag"; the official DragDiffusion loop ignores these) -------------------
+    drag_timesteps: int = 7
+    """T: drag at each of the first T timesteps of the denoising, one DDIM step of the dragged latent between them
+    (at most the `drag_step_index` steps there are)."""
+    rounds: int = 10
+    """R: rounds of point tracking at each timestep (official `track_per_denoise` / "drag_per_step")."""
+    updates_per_round: int = 3
+    """S: motion-supervision updates between two trackings (official `max_drag_per_track`)."""
+    beta: float = 4.0
+    """Step of the supervision toward the target, in grid cells: the patch at h + d·min(beta, |t - h|) is pulled
+    toward the original handle's reference patch (GoodDrag: 4 on a 256-cell grid)."""
+    round_loss_threshold: float = 4.0
+    """A round ends early once the motion loss is below this × (2 r_m)² (official `drag_loss_threshold`)."""
+    max_rounds_no_change: int = 10
+    """Dragging stops after this many rounds in a row whose tracking moved no handle (official early stop)."""
+
+    # --- add-ons (either method) -------------------------------------------------------------------
+    restrict_tracking: bool = False
+    """Point tracking only picks candidates no farther from the target than the current handle (CLIPDrag,
+    DragLoRA): a handle never jumps backwards."""
+    warp_init: float = 0.0
+    """Start from the inverted latent with the content around each handle copied this fraction of the way toward
+    its target, inside the editable region only (0 = off; FastDrag/DirectDrag-style initialisation)."""
+    auto_mask: bool = False
+    """With no painted mask, make one from the drag paths: a band around each handle → target segment, as wide as
+    the distance (a hard mask on the latent grid). Off: no mask, the whole image may change (official)."""
+    lora_targets: str = "attention"
+    """Layers the LoRA adapts: "attention" (to_q, to_k, to_v, to_out.0; official) or "attention+conv" (also the
+    resnet convolutions conv1, conv2: reaches feature maps that attention does not, as on small models)."""
 
     # --- final denoising --------------------------------------------------------------------------
     mutual_attention: bool = True
@@ -126,8 +158,16 @@ class DragConfig:
         need(self.attn_start_layer >= 0, "attn_start_layer", "use a layer index >= 0 (official 10)")
         need(self.attn_start_step >= 0, "attn_start_step", "use a step index >= 0 (official 0)")
         need(self.snapshot_every >= 1, "snapshot_every", "use >= 1")
-        from .methods import available
-        need(self.method in available(), "method", f"use one of {available()}")
+        need(bool(self.method), "method", "name a drag method (dragnb.methods.available())")
+        need(self.drag_timesteps >= 1, "drag_timesteps", "use >= 1 (GoodDrag 7)")
+        need(self.rounds >= 1, "rounds", "use >= 1 (GoodDrag 10)")
+        need(self.updates_per_round >= 1, "updates_per_round", "use >= 1 (GoodDrag 3)")
+        need(self.beta > 0, "beta", "use a positive step in grid cells (GoodDrag 4 on a 256-cell grid)")
+        need(self.round_loss_threshold >= 0, "round_loss_threshold", "use >= 0 (GoodDrag 4.0)")
+        need(self.max_rounds_no_change >= 1, "max_rounds_no_change", "use >= 1 (GoodDrag 10)")
+        need(0.0 <= self.warp_init <= 1.0, "warp_init", "use a fraction in [0, 1] (0 = off)")
+        need(self.lora_targets in ("attention", "attention+conv"), "lora_targets",
+             "use 'attention' (official) or 'attention+conv'")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -238,3 +238,18 @@ class Geometry:
         gh, gw = self.grid_hw
         img = Image.fromarray(mask.astype(np.uint8) * 255).resize((gw, gh), Image.NEAREST)
         return (np.asarray(img) > 127).astype(np.float32)
+
+
+def drag_path_mask(image_wh: tuple[int, int], drags, min_half_width: float = 2.0) -> np.ndarray:
+    """An editable region made from the drags themselves (`DragConfig.auto_mask`): an HxW bool mask, True within
+    half-width max(min_half_width, |t - h| / 2) pixels of each handle → target segment (a capsule)."""
+    W, H = image_wh
+    yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
+    mask = np.zeros((H, W), bool)
+    for (hx, hy), (tx, ty) in drags:
+        dx, dy = tx - hx, ty - hy
+        length2 = dx * dx + dy * dy
+        u = np.clip(((xx - hx) * dx + (yy - hy) * dy) / max(length2, 1e-9), 0.0, 1.0)
+        d2 = (xx - hx - u * dx) ** 2 + (yy - hy - u * dy) ** 2
+        mask |= d2 <= max(min_half_width, 0.5 * length2 ** 0.5) ** 2
+    return mask

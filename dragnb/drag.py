@@ -77,14 +77,15 @@ def tracking_box(center_rc, r_p: int, grid_hw) -> tuple[int, int, int, int]:
 
 @torch.no_grad()
 def tracking_distance(feat0_bchw: torch.Tensor, feat_bchw: torch.Tensor, handle0_rc, handle_rc, r_p: int = 3,
-                      patch: int = 0) -> TrackingDistance:
+                      patch: int = 0, target_rc=None) -> TrackingDistance:
     """The L1 distance map `track_points` minimises for one handle.
 
     For every cell of the window of radius `r_p` around `handle_rc` (current handle), the L1 distance
     between `feat_bchw` there and `feat0_bchw` at `handle0_rc` (original handle); with `patch` = k > 0,
     summed over the (2k+1)² cells around both points (borders repeat). Points are (row, col); their
     integer parts are used. Returns the window `box` and `dist` (rows, cols) in the features' dtype
-    (float32 when k > 0).
+    (float32 when k > 0). With `target_rc` (restricted tracking, as CLIPDrag and DragLoRA), cells farther from
+    the target than the current handle are ruled out (distance +inf), so tracking never moves a handle back.
     """
     _, _, h, w = feat_bchw.shape                 # the window is on the current map
     k = int(patch)
@@ -98,22 +99,31 @@ def tracking_distance(feat0_bchw: torch.Tensor, feat_bchw: torch.Tensor, handle0
             f0 = f0p[0, :, r0 + k + dy, c0 + k + dx]
             win = fp[0, :, r1 + k + dy:r2 + k + dy, c1 + k + dx:c2 + k + dx]
             dist = dist + (win - f0[:, None, None]).abs().sum(0)
+    if target_rc is not None:
+        rows = torch.arange(r1, r2, dtype=torch.float32, device=dist.device)[:, None]
+        cols = torch.arange(c1, c2, dtype=torch.float32, device=dist.device)[None, :]
+        tr, tc = float(target_rc[0]), float(target_rc[1])
+        now = ((float(handle_rc[0]) - tr) ** 2 + (float(handle_rc[1]) - tc) ** 2) ** 0.5
+        farther = ((rows - tr) ** 2 + (cols - tc) ** 2).sqrt() > now + 1e-6
+        dist = dist.masked_fill(farther, float("inf"))
     return TrackingDistance((r1, r2, c1, c2), dist)
 
 
 @torch.no_grad()
 def track_points(feat0_bchw: torch.Tensor, feat_bchw: torch.Tensor, handles0_rc: torch.Tensor,
-                 handles_rc: torch.Tensor, r_p: int = 3, patch: int = 0) -> torch.Tensor:
+                 handles_rc: torch.Tensor, r_p: int = 3, patch: int = 0, targets_rc=None) -> torch.Tensor:
     """Nearest neighbour (L1) of each original handle feature F0[h0_i] in the window of radius r_p around h_i.
 
     `patch` = k > 0 compares (2k+1)² patches of features around the two points instead of single vectors
     (borders repeat), so a handle inside a flat region is located by the region's edges too; 0 is the
     official tracker. Returns new integer handles (N, 2) as floats. Windows are clipped at the grid border.
-    The distance map of one handle is `tracking_distance` (what `viz.plot_similarity` draws).
+    The distance map of one handle is `tracking_distance` (what `viz.plot_similarity` draws). `targets_rc`
+    (N, 2) restricts each handle to candidates no farther from its target than it is now.
     """
     new = handles_rc.clone().float()
     for i, (p0, p) in enumerate(zip(handles0_rc, handles_rc)):
-        new[i, 0], new[i, 1] = tracking_distance(feat0_bchw, feat_bchw, p0, p, r_p, patch).best_rc()
+        tgt = None if targets_rc is None else targets_rc[i]
+        new[i, 0], new[i, 1] = tracking_distance(feat0_bchw, feat_bchw, p0, p, r_p, patch, tgt).best_rc()
     return new
 
 
@@ -161,3 +171,32 @@ def drag_step(forward: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     return StepOutput(float(loss.detach()), float(l_motion.detach()), float(l_mask.detach()), handles_rc, False, finite)
+
+
+@torch.no_grad()
+def warp_latent(latent: torch.Tensor, handles_rc, targets_rc, fraction: float,
+                mask_latent: torch.Tensor | None = None, min_radius: float = 1.5) -> torch.Tensor:
+    """Copy the content around each handle `fraction` of the way toward its target (FastDrag/DirectDrag-style
+    initialisation). Points are (row, col) in latent cells; `latent` (1, C, h, w).
+
+    For drag i with handle h, target t: every latent cell p within radius max(min_radius, |t - h| / 2) of
+    h + fraction·(t - h), and inside `mask_latent` (1, 1, h, w; 1 = may change; None: everywhere), takes the
+    (bilinear) value at p - fraction·(t - h). Everything else is left exactly as it was. Returns a new tensor.
+    """
+    out = latent.clone()
+    if fraction <= 0:
+        return out
+    _, _, h, w = latent.shape
+    rows = torch.arange(h, dtype=torch.float32, device=latent.device)[:, None].expand(h, w)
+    cols = torch.arange(w, dtype=torch.float32, device=latent.device)[None, :].expand(h, w)
+    for (hr, hc), (tr, tc) in zip(handles_rc, targets_rc):
+        hr, hc, tr, tc = float(hr), float(hc), float(tr), float(tc)
+        vr, vc = fraction * (tr - hr), fraction * (tc - hc)
+        radius = max(min_radius, 0.5 * ((tr - hr) ** 2 + (tc - hc) ** 2) ** 0.5)
+        dest = ((rows - hr - vr) ** 2 + (cols - hc - vc) ** 2) <= radius ** 2
+        if mask_latent is not None:
+            dest = dest & (mask_latent[0, 0] > 0.5)
+        grid = torch.stack([(cols - vc) / max(w - 1, 1) * 2 - 1, (rows - vr) / max(h - 1, 1) * 2 - 1], -1)[None]
+        moved = F.grid_sample(latent.float(), grid, mode="bilinear", padding_mode="border", align_corners=True)
+        out = torch.where(dest[None, None], moved.to(out.dtype), out)
+    return out

@@ -9,14 +9,14 @@ A drag edit is a chain of stages, each cached by exactly what it depends on::
 | change                                                       | recomputes                    | drag state |
 |--------------------------------------------------------------|-------------------------------|------------|
 | image, prompt, seed                                          | LoRA, inversion, features     | restarts   |
-| lora_rank, lora_steps, lora_lr, lora_batch_size, lora_targets  | LoRA, inversion, features   | restarts   |
+| lora_rank, lora_steps, lora_lr, lora_batch_size, lora_targets | LoRA, inversion, features    | restarts   |
 | n_inference_steps, inversion_strength, guidance_scale        | inversion, features           | restarts   |
 | feature_block, sup_res_scale                                 | features                      | restarts   |
-| method and its schedule settings (drag_timesteps, rounds, ...) | features only if the method  | restarts   |
-|                                                              |   needs a longer reference    |            |
+| method and its schedule settings (drag_timesteps, rounds,    | features only if the method   | restarts   |
+|   updates_per_round), warp_init                              |   needs a longer reference    |            |
 | drags (add, remove, set)                                     | nothing                       | restarts   |
-| mask, drag settings (lam, drag_lr, r_m, r_p, ...), rendering  | nothing (next step / render)  | kept       |
-| settings (mutual_attention, attn_start_*), bookkeeping       |                               |            |
+| mask, drag settings (lam, drag_lr, r_m, r_p, beta, restrict_ | nothing (next step / render)  | kept       |
+|   tracking, auto_mask, ...), rendering settings (mutual_attention, attn_start_*), bookkeeping |   |   |
 
 "restarts" means the optimisation goes back to the inverted latent (history cleared); the caches keep every
 stage that the change does not reach, so going back to an earlier value is a cache hit. The features stage
@@ -33,12 +33,14 @@ STAGES = ("lora", "inversion", "features", "state", "none")
 
 #: For every `DragConfig` field: the first stage it invalidates ("none": only the next step or render reads it).
 STAGE_OF: dict[str, str] = {
-    "lora_rank": "lora", "lora_steps": "lora", "lora_lr": "lora", "lora_batch_size": "lora",
+    "lora_rank": "lora", "lora_steps": "lora", "lora_lr": "lora", "lora_batch_size": "lora", "lora_targets": "lora",
     "n_inference_steps": "inversion", "inversion_strength": "inversion", "guidance_scale": "inversion",
     "feature_block": "features", "sup_res_scale": "features",
-    "method": "state",
+    "method": "state", "drag_timesteps": "state", "rounds": "state", "updates_per_round": "state",
+    "warp_init": "state",
     "r_m": "none", "r_p": "none", "track_patch": "none", "lam": "none", "drag_lr": "none", "drag_steps": "none",
-    "reach_distance": "none",
+    "reach_distance": "none", "beta": "none", "round_loss_threshold": "none", "max_rounds_no_change": "none",
+    "restrict_tracking": "none", "auto_mask": "none",
     "mutual_attention": "none", "attn_start_layer": "none", "attn_start_step": "none",
     "snapshot_every": "none",
 }

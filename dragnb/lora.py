@@ -12,17 +12,26 @@ import torch.nn.functional as F
 
 ADAPTER = "dragnb"
 TARGET_MODULES = ["to_q", "to_k", "to_v", "to_out.0"]
+#: `DragConfig.lora_targets` -> the module names peft adapts (the official recipe adapts attention only).
+TARGETS = {"attention": TARGET_MODULES, "attention+conv": TARGET_MODULES + ["conv1", "conv2"]}
 
 
-def _ensure_adapter(unet, rank: int) -> None:
+def targets_of(state: dict) -> str:
+    """Which `TARGETS` entry a LoRA state dict was trained with."""
+    return "attention+conv" if any(".conv1." in n or ".conv2." in n for n in state) else "attention"
+
+
+def _ensure_adapter(unet, rank: int, targets: str = "attention") -> None:
     from peft import LoraConfig
+    if targets not in TARGETS:
+        raise ValueError(f"lora_targets={targets!r}: use one of {sorted(TARGETS)}")
     cfg = getattr(unet, "peft_config", {}).get(ADAPTER)
-    if cfg is not None and cfg.r == rank:
+    if cfg is not None and cfg.r == rank and set(cfg.target_modules) == set(TARGETS[targets]):
         return
     if cfg is not None:
         unet.delete_adapters(ADAPTER)
     unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
-                                target_modules=TARGET_MODULES), adapter_name=ADAPTER)
+                                target_modules=list(TARGETS[targets])), adapter_name=ADAPTER)
     for p in _lora_params(unet).values():   # adapters train in float32 even on a float16 UNet (peft casts inputs)
         p.data = p.data.float()
 
@@ -40,7 +49,7 @@ def applied(unet, state: dict | None, rank: int | None = None):
         yield unet
         return
     r = rank or infer_rank(state)
-    _ensure_adapter(unet, r)
+    _ensure_adapter(unet, r, targets_of(state))
     params = _lora_params(unet)
     with torch.no_grad():
         for n, p in params.items():
@@ -61,11 +70,11 @@ def infer_rank(state: dict) -> int:
 
 
 def train_lora(model, z0: torch.Tensor, cond: torch.Tensor, *, rank: int = 16, steps: int = 80, lr: float = 5e-4,
-               batch_size: int = 4, seed: int = 0, callback=None) -> dict:
+               batch_size: int = 4, seed: int = 0, callback=None, targets: str = "attention") -> dict:
     """Fine-tune LoRA adapters so the UNet reconstructs the clean latents z0 (1, C, h, w) (official recipe:
     random timesteps, the scheduler's training target, MSE, AdamW). Returns the adapter state dict (CPU float32)."""
     unet, sched = model.unet, model.scheduler
-    _ensure_adapter(unet, rank)
+    _ensure_adapter(unet, rank, targets)
     gen = torch.Generator().manual_seed(seed)
     params = _lora_params(unet)
     with torch.no_grad():  # fresh, seeded initialisation: A gaussian, B zero (the adapter starts as identity)

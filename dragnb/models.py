@@ -94,8 +94,13 @@ class DragModel:
         return self.scheduler.config.prediction_type
 
     def default_config(self, **changes) -> DragConfig:
-        """Official defaults, with this model's overrides (e.g. the demo model's layer counts), then `changes`."""
-        return DragConfig().replace(**{**self.config_overrides, **changes})
+        """Official defaults, then the drag method's own defaults (scaled to this model's supervision grid; e.g.
+        `method="gooddrag"`), then this model's overrides (e.g. the demo model's layer counts), then `changes`."""
+        from .methods import get_method
+        merged = {**self.config_overrides, **changes}
+        grid = int(self.native_size * merged.get("sup_res_scale", DragConfig.sup_res_scale))
+        method = get_method(merged.get("method", DragConfig.method))
+        return DragConfig().replace(**{**method.defaults(grid), **merged})
 
     # ---- codec -------------------------------------------------------------------------------
     @torch.no_grad()

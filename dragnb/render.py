@@ -12,17 +12,19 @@ from .unet import guided_unet_fn, using
 
 @torch.no_grad()
 def denoise(model, cond, lora_state, config, source_latent: torch.Tensor, z_hat: torch.Tensor, index: int,
-            mutual: bool) -> torch.Tensor:
+            mutual: bool, attn_start: int | None = None) -> torch.Tensor:
     """DDIM-denoise z_hat (1, C, h, w), sitting `index` reference steps past the drag timestep, to an image
     (1, 3, H, W) in [-1, 1]. With `mutual`, the un-dragged `source_latent` at the same step is denoised beside it
-    in one batch, and the edited branch attends to its keys and values (from `attn_start_layer`, `attn_start_step`).
+    in one batch, and the edited branch attends to its keys and values (from `attn_start_layer`, and from the
+    denoising step `attn_start`, default `attn_start_step`).
     """
     c = config
     fn = guided_unet_fn(model, cond, c.guidance_scale)
     k = c.drag_step_index - int(index)
     with using(model, lora_state):
         if mutual:
-            with mutual_self_attention(model.unet, c.attn_start_step, c.attn_start_layer) as ctl:
+            start = c.attn_start_step if attn_start is None else attn_start
+            with mutual_self_attention(model.unet, start, c.attn_start_layer) as ctl:
                 z = ddim.denoise(fn, model.scheduler, torch.cat([source_latent, z_hat]), c.n_inference_steps, k,
                                  step_hook=lambda i: setattr(ctl, "step", i))[1:]
         else:

@@ -14,7 +14,10 @@ from PIL import Image
 from . import ddim, render, validate
 from .cache import SourceCache, SourceSpec
 from .config import DragConfig
+from .coords import drag_path_mask
+from .drag import warp_latent
 from .inputs import EditInputs
+from .methods import Position
 from .state import DragDiverged, DragState, StepContext, StepRecord
 from .unet import forward_features, guided_unet_fn, using
 
@@ -87,9 +90,13 @@ class DragSession(EditInputs):
         return lw.state, inv, ref
 
     def _mask_latent(self):
-        if self.mask is None:
+        """(1, 1, h, w) editable region on the latent grid: the painted mask, else the drag paths (`auto_mask`)."""
+        mask = self.mask
+        if mask is None and self.config.auto_mask and self.drags:
+            mask = drag_path_mask(self.size, self.drags, min_half_width=self.size[0] / self.grid_size[1])
+        if mask is None:
             return None
-        grid = torch.from_numpy(self.geometry.mask_to_grid(self.mask))[None, None]
+        grid = torch.from_numpy(self.geometry.mask_to_grid(mask))[None, None]
         return F.interpolate(grid, size=self.geometry.latent_hw, mode="nearest").to(self.model.device)
 
     # ---------------------------------------------------------------- the drag state
@@ -107,9 +114,16 @@ class DragSession(EditInputs):
                 raise ValueError("no drags: add one with session.add_drag(handle=(x, y), target=(x, y)) before "
                                  "step()/run()")
             _, inv, _ = self._source()
-            grid = lambda pts: torch.tensor([self.geometry.image_to_grid(p) for p in pts], dtype=torch.float32)  # noqa
-            self._state = DragState(self.method, inv.zt, grid([h for h, _ in self.drags]),
-                                    grid([t for _, t in self.drags]), self.config.drag_lr)
+            g = self.geometry
+            grid = lambda pts: torch.tensor([g.image_to_grid(p) for p in pts], dtype=torch.float32)  # noqa: E731
+            latent0 = inv.zt
+            if self.config.warp_init > 0:   # handles/targets in latent cells: image pixels × latent/image size
+                lat = lambda pts: [(y * g.latent_hw[0] / g.image_wh[1], x * g.latent_hw[1] / g.image_wh[0])  # noqa
+                                   for x, y in pts]
+                latent0 = warp_latent(inv.zt, lat([h for h, _ in self.drags]), lat(self.targets),
+                                      self.config.warp_init, self._mask_latent())
+            self._state = DragState(self.method, latent0, grid([h for h, _ in self.drags]),
+                                    grid(self.targets), self.config.drag_lr)
         return self._state
 
     def _context(self, lora_state, ref) -> StepContext:
@@ -239,22 +253,22 @@ class DragSession(EditInputs):
             return self._source()[1].zt.clone()
 
     # ---------------------------------------------------------------- looking
-    def _render(self, z, index: int, mutual: bool) -> Image.Image:
+    def _render(self, z, index: int, mutual: bool, attn_start: int | None = None) -> Image.Image:
         lora_state, _, ref = self._source()
         img = render.denoise(self.model, self.model.encode_prompt(self.prompt), lora_state, self.config,
-                             ref.latents[index], z, index, mutual)
+                             ref.latents[index], z, index, mutual, attn_start)
         self.cache.counters["denoisings"] += 1
         return render.to_pil(img, self.size)
 
     def result(self) -> Image.Image:
         """The edited image: DDIM-denoise the current latent (mutual self-attention per config), at image size."""
         with self._lock:
-            z, index = self.current_latent(), 0 if self._state is None else self._state.position.index
+            z, pos = self.current_latent(), self.position or Position()
             c = self.config
-            key = (self.n_steps, index, c.mutual_attention, c.attn_start_layer, c.attn_start_step,
-                   float(z.double().sum()))
+            start = self.method.render_attn_start(c, pos)
+            key = (self.n_steps, pos.index, c.mutual_attention, c.attn_start_layer, start, float(z.double().sum()))
             if self._result_cache is None or self._result_cache[0] != key:
-                self._result_cache = (key, self._render(z, index, c.mutual_attention))
+                self._result_cache = (key, self._render(z, pos.index, c.mutual_attention, start))
             return self._result_cache[1].copy()
 
     def render_latent(self, latent, mutual: bool | None = None) -> Image.Image:

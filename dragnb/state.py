@@ -125,14 +125,17 @@ class DragState:
                 raise DragDiverged("latent")
             # 6. advance: the method may track again (with this step's features) and move to the next timestep
             adv = m.advance(c, pos, float(l_motion.detach()))
+            new_pos = adv.position
             if adv.track:
-                handles = m.track(c, ref, self.handles0_rc, feat.detach(), handles, self.targets_rc)
+                tracked = m.track(c, ref, self.handles0_rc, feat.detach(), handles, self.targets_rc)
+                new_pos = m.tracked(c, new_pos, not torch.equal(tracked, handles))
+                handles = tracked
             if adv.denoise:
                 with torch.no_grad():
                     nxt = ctx.denoise(self.latent.detach(), ref.t).float()
                 self.latent = nxt.clone().requires_grad_(True)
                 self.optimizer = _adam(self.latent, c.drag_lr)
-            self.handles_rc, self.position = handles, adv.position
+            self.handles_rc, self.position = handles, new_pos
         except BaseException as e:
             self._put(before)
             if isinstance(e, RuntimeError) and ("overflow" in str(e) or "nan" in str(e).lower()):

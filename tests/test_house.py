@@ -54,8 +54,8 @@ def test_config_is_frozen_and_checks_types():
         c.replace(mutual_attention=1)
     with pytest.raises(TypeError, match=r"DragConfig.r_p='3' is not a whole number"):
         c.replace(r_p="3")
-    with pytest.raises(ValueError, match=r"DragConfig.method='nope' is invalid: use one of"):
-        c.replace(method="nope")
+    with pytest.raises(ValueError, match=r"drag method 'nope' is unknown: use one of \['dragdiffusion'"):
+        get_method("nope")
 
 
 def test_invalidation_table_covers_every_field_and_input():
@@ -250,6 +250,9 @@ def test_a_toy_method_plugs_in_without_touching_the_session(model):
 def test_method_switch_keeps_lora_and_inversion(model):
     register(ToyMethod)
     s = session(model)
+    with pytest.raises(ValueError, match=r"drag method 'nope' is unknown"):
+        s.configure(method="nope")
+    assert s.config.method == "dragdiffusion"
     s.prepare(progress=False)
     s.configure(method="toy-two-timesteps")
     s.prepare(progress=False)

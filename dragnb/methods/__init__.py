@@ -32,5 +32,6 @@ def get_method(name: str) -> DragMethod:
 
 
 from .dragdiffusion import DragDiffusion  # noqa: E402  (registers itself)
+from .gooddrag import GoodDrag  # noqa: E402
 
-__all__ = ["Advance", "DragMethod", "Position", "DragDiffusion", "available", "get_method", "register"]
+__all__ = ["Advance", "DragMethod", "Position", "DragDiffusion", "GoodDrag", "available", "get_method", "register"]

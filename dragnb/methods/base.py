@@ -10,7 +10,10 @@ history; a method only answers questions:
     motion_loss(config, feat, ...)   # 4. the supervision, against which reference
     advance(config, pos, ...)        # 6. what follows the update: track again, move to the next timestep (one
                                      DDIM step of the dragged latent), or stay
+    tracked(config, pos, moved)      after a tracking in stage 6: did any handle move (early stops)
     finished(config, pos)            no timestep left to drag at
+    render_attn_start(config, pos)   the first final-denoising step that uses mutual self-attention
+    defaults(grid_cells)             the method's own settings, scaled to a supervision grid of this many cells
 
 Positions count reference steps: index 0 is the drag timestep t (the inverted latent); a method that denoises
 between rounds moves the latent to index 1, 2, ... and the final render continues from there.
@@ -30,6 +33,7 @@ class Position:
     index: int = 0    # reference step the latent sits at (0 = the drag timestep t)
     round: int = 0    # round at this timestep (methods that alternate drag and denoise)
     update: int = 0   # update within the round
+    stale: int = 0    # rounds in a row whose tracking moved no handle
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,11 @@ class DragMethod:
     """Base class: the official DragDiffusion choices; subclasses override what differs."""
 
     name = ""
+
+    @staticmethod
+    def defaults(grid_cells: int) -> dict:
+        """`DragConfig` values this method starts from on a supervision grid of `grid_cells` cells a side."""
+        return {}
 
     def reference_steps(self, config) -> int:
         """DDIM steps of the un-dragged reference trajectory the method reads past t (0: only t itself)."""
@@ -63,7 +72,7 @@ class DragMethod:
         """New handles (N, 2): the original handles' reference features matched in a window around the current
         handles (`drag.track_points`)."""
         return track_points(ref.feat, feat_bchw.detach(), handles0_rc, handles_rc, self.track_radius(config),
-                            config.track_patch)
+                            config.track_patch, targets_rc if config.restrict_tracking else None)
 
     def track_radius(self, config) -> int:
         return config.r_p
@@ -75,3 +84,11 @@ class DragMethod:
     def advance(self, config, position: Position, motion_loss: float) -> Advance:
         """After an update (official: stay where you are)."""
         return Advance(position)
+
+    def tracked(self, config, position: Position, moved: bool) -> Position:
+        """After a tracking in stage 6 (`advance(...).track`): the position to continue from."""
+        return position
+
+    def render_attn_start(self, config, position: Position) -> int:
+        """First step of the final denoising (from the state's position) with mutual self-attention."""
+        return config.attn_start_step
