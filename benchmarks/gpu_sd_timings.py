@@ -1,0 +1,198 @@
+"""SD-1.5-size timings of dragnb (and of the official DragDiffusion drag loop through the parity adapter, when its
+checkout is given), one process, figures into OUT_DIR. Run through `benchmarks/gpu_sd_timings.sh OUT_DIR`, which
+installs carried wheels first; see benchmarks/PARITY.md for the device call.
+
+    python benchmarks/gpu_sd_timings.py OUT_DIR [--official DIR]          # random SD-1.5, float16, cuda, 512x512
+    python benchmarks/gpu_sd_timings.py OUT_DIR --quick [--official DIR]  # CPU smoke run: tiny model, 64 px, few steps
+
+Part 1: `dragnb.bench.bench_stages` (LoRA 80 steps, inversion 35 of 50 + source features, one drag step, denoise,
+whole edit of 80 drag steps, cached re-edit, naive no-cache re-edit; peak memory per stage).
+Part 2 (with --official): `parity_official.parity_sd` on a fresh model of the same kind: dragnb's session edit and
+the official run_drag sequence (inversion, `drag_diffusion_update` on a float32 UNet under its own float16 autocast
+and GradScaler, denoising with its mutual self-attention editor), each stage timed with its peak
+`torch.cuda.max_memory_allocated`, plus the stage-by-stage agreement. Ratios official / dragnb per stage.
+Writes gpu_sd_timings.json (everything) and gpu_sd_timings.txt (the table); each part is written when it ends.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import sys
+import time
+import traceback
+
+os.environ.setdefault("TQDM_DISABLE", "1")
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+try:
+    import dragnb  # noqa: F401
+except ImportError:
+    sys.path.insert(0, os.path.join(HERE, ".."))
+
+import torch  # noqa: E402
+
+
+def _free():
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def table(res: dict) -> str:
+    lines = [f"dragnb SD-size timings: {res.get('setup')}", ""]
+    b = res.get("bench_stages")
+    if isinstance(b, dict) and "lora_s" in b:
+        lines += ["dragnb.bench.bench_stages", f"{'stage':30s} {'seconds':>9s} {'peak MiB':>9s}"]
+        for k, m in (("lora_s", "lora_peak_mb"), ("inversion_and_features_s", "invert_peak_mb"),
+                     ("drag_step_s", "drag_peak_mb"), ("denoise_s", "denoise_peak_mb"), ("whole_edit_s", None),
+                     ("re_edit_cached_s", None), ("re_edit_naive_s", None), ("speedup_cached_vs_naive", None)):
+            if k in b:
+                mem = f"{b[m]:9.0f}" if m and m in b else " " * 9
+                lines.append(f"{k:30s} {b[k]:9.3f} {mem}")
+        lines.append("")
+    elif b is not None:
+        lines += [f"bench_stages failed: {b}", ""]
+    c = res.get("side_by_side")
+    if isinstance(c, dict) and "rows" in c:
+        lines += ["side by side (same model, image, drag, mask, seed; stage times include the first-call warm-up of "
+                  "neither: part 1 ran first)",
+                  f"{'stage':22s} {'dragnb s':>9s} {'official s':>10s} {'ratio':>6s} {'dragnb MiB':>10s} "
+                  f"{'official MiB':>12s}"]
+        for r in c["rows"]:
+            f = lambda v, w, p: (f"{v:{w}.{p}f}" if isinstance(v, (int, float)) else f"{'n/a':>{w}s}")  # noqa: E731
+            lines.append(f"{r['stage']:22s} {f(r['dragnb_s'], 9, 3)} {f(r['official_s'], 10, 3)} "
+                         f"{f(r['ratio'], 6, 2)} {f(r['dragnb_peak_mb'], 10, 0)} {f(r['official_peak_mb'], 12, 0)}")
+        lines += ["", c.get("parity_line", "")]
+    elif c is not None:
+        lines += [f"side by side: {c}"]
+    return "\n".join(lines) + "\n"
+
+
+def side_by_side_rows(times: dict, steps: dict) -> list:
+    g = lambda k, f="s": times.get(k, {}).get(f)  # noqa: E731
+    rows = []
+    for stage, dk, ok in (("lora", ["dragnb.lora"], None), ("inversion", ["dragnb.inversion"], ["official.inversion"]),
+                          ("features", ["dragnb.features"], None), ("drag_loop", ["dragnb.drag_loop"],
+                                                                    ["official.drag_loop"]),
+                          ("denoise", ["dragnb.denoise"], ["official.denoise"])):
+        ds = sum(g(k) for k in dk) if all(g(k) is not None for k in dk) else None
+        os_ = sum(g(k) for k in ok) if ok and all(g(k) is not None for k in ok) else None
+        dm = max((g(k, "peak_mb") or 0) for k in dk) if ds is not None else None
+        om = max((g(k, "peak_mb") or 0) for k in ok) if os_ is not None else None
+        rows.append(dict(stage=stage, dragnb_s=ds, official_s=os_, ratio=(os_ / ds) if ds and os_ else None,
+                         dragnb_peak_mb=dm or None, official_peak_mb=om or None))
+    by = {r["stage"]: r for r in rows}
+    # per drag step (each code may stop early when the handles arrive)
+    if by["drag_loop"]["dragnb_s"] and steps.get("dragnb"):
+        ds = by["drag_loop"]["dragnb_s"] / steps["dragnb"]
+        o_loop = by["drag_loop"]["official_s"]
+        os_ = o_loop / steps["official"] if o_loop and steps.get("official") else None
+        rows.append(dict(stage="drag_step (mean)", dragnb_s=ds, official_s=os_, ratio=os_ / ds if os_ else None,
+                         dragnb_peak_mb=None, official_peak_mb=None))
+    # an edit without LoRA: the official run_drag always inverts; dragnb's re-edit reuses LoRA and inversion
+    d_edit = sum(by[s]["dragnb_s"] for s in ("inversion", "features", "drag_loop", "denoise"))
+    o_edit = sum(by[s]["official_s"] or 0 for s in ("inversion", "drag_loop", "denoise")) or None
+    rows.append(dict(stage="edit w/o LoRA", dragnb_s=d_edit, official_s=o_edit,
+                     ratio=o_edit / d_edit if o_edit else None, dragnb_peak_mb=None, official_peak_mb=None))
+    d_re = by["drag_loop"]["dragnb_s"] + by["denoise"]["dragnb_s"]
+    rows.append(dict(stage="re-drag (cached)", dragnb_s=d_re, official_s=o_edit,
+                     ratio=o_edit / d_re if o_edit else None, dragnb_peak_mb=None, official_peak_mb=None))
+    return rows
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("out_dir")
+    p.add_argument("--official", default=None, help="a DragDiffusion checkout for the side-by-side part")
+    p.add_argument("--quick", action="store_true", help="CPU smoke run: tiny model, 64 px, 3 drag and 2 LoRA steps")
+    p.add_argument("--model", default=None, help="default random-sd15 (tiny with --quick)")
+    p.add_argument("--device", default=None, help="default cuda (cpu with --quick)")
+    p.add_argument("--dtype", default=None, help="default float16 on cuda, float32 on cpu")
+    p.add_argument("--size", type=int, default=None, help="default 512 (64 with --quick)")
+    p.add_argument("--drag-steps", type=int, default=None, help="default 80 (3 with --quick)")
+    p.add_argument("--lora-steps", type=int, default=None, help="default 80 (2 with --quick)")
+    p.add_argument("--skip-bench", action="store_true", help="only the side-by-side part")
+    a = p.parse_args(argv)
+    import warnings
+    warnings.filterwarnings("ignore")
+    q = a.quick
+    model = a.model or ("tiny" if q else "random-sd15")
+    device = a.device or ("cpu" if q else "cuda")
+    dtype = a.dtype or ("float16" if device == "cuda" else "float32")
+    size = a.size or (64 if q else 512)
+    drag_steps = a.drag_steps if a.drag_steps is not None else (3 if q else 80)
+    lora_steps = a.lora_steps if a.lora_steps is not None else (2 if q else 80)
+    os.makedirs(a.out_dir, exist_ok=True)
+    torch_dtype = getattr(torch, dtype)
+    if device == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False  # the figures are for float16 work; keep float32 parts exact
+    res = dict(setup=dict(model=model, device=device, dtype=dtype, size=size, drag_steps=drag_steps,
+                          lora_steps=lora_steps, torch=torch.__version__,
+                          gpu=torch.cuda.get_device_name() if device == "cuda" else None))
+    try:
+        import diffusers
+        res["setup"]["diffusers"] = diffusers.__version__
+    except ImportError:
+        raise SystemExit("diffusers is not importable: run through benchmarks/gpu_sd_timings.sh, which installs the "
+                         "wheels carried in .whl/") from None
+    json_path = os.path.join(a.out_dir, "gpu_sd_timings.json")
+    txt_path = os.path.join(a.out_dir, "gpu_sd_timings.txt")
+
+    def write():
+        with open(json_path, "w") as f:
+            json.dump(res, f, indent=1, default=str)
+        with open(txt_path, "w") as f:
+            f.write(table(res))
+
+    t_all = time.perf_counter()
+    if not a.skip_bench:  # part 1: dragnb alone (also warms the GPU for part 2)
+        from dragnb.bench import bench_stages
+        t0 = time.perf_counter()
+        try:
+            res["bench_stages"] = bench_stages(model=model, size=size, device=device, dtype=torch_dtype,
+                                               drag_steps=drag_steps, lora_steps=lora_steps, repeats=1)
+        except Exception as e:  # noqa: BLE001 - record and go on to part 2
+            traceback.print_exc()
+            res["bench_stages"] = f"{type(e).__name__}: {e}"
+        res["bench_stages_wall_s"] = time.perf_counter() - t0
+        write()
+        _free()
+    if a.official:  # part 2: side by side with the official code
+        import parity_official as po
+        t0 = time.perf_counter()
+        try:
+            off = po.load_official(a.official)
+            res["official_commit"] = off.commit
+            m = po.build_model(model, device, torch_dtype)
+            pa = argparse.Namespace(size=size, steps=drag_steps, lora_steps=lora_steps, prompt="a photo of a red ball",
+                                    seed=0)
+            pr = po.parity_sd(off, m, pa)
+            sm = pr["summary"]
+            res["side_by_side"] = dict(
+                rows=side_by_side_rows(pr["times"], pr["drag_steps_taken"]), times=pr["times"],
+                stages=pr["stages"], lora_reconstruction=pr["lora_reconstruction"],
+                drag_steps_taken=pr["drag_steps_taken"], summary=sm,
+                per_step=[{k: v for k, v in r.items() if k in ("step", "dlatent", "handles_equal")}
+                          for r in pr["per_step"]],
+                parity_line=(f"parity: max |dlatent| = {sm['max_dlatent']:.3g} over {sm['n_steps']} steps, handles "
+                             f"identical: {'yes' if sm['handles_identical'] else 'no'}, final PSNR = "
+                             f"{sm['final_psnr_db']:.2f} dB"))
+            del m
+        except Exception as e:  # noqa: BLE001
+            traceback.print_exc()
+            res["side_by_side"] = f"{type(e).__name__}: {e}"
+        res["side_by_side_wall_s"] = time.perf_counter() - t0
+        _free()
+    else:
+        res["side_by_side"] = "not run: no --official checkout given"
+    res["total_wall_s"] = time.perf_counter() - t_all
+    write()
+    print(table(res))
+    print(f"wrote {json_path} and {txt_path} in {res['total_wall_s']:.1f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# SD-1.5-size timings of dragnb (and, given a DragDiffusion checkout, of the official code side by side) as ONE
+# command for the GPU machine: installs the wheels carried in .whl/ when diffusers is missing, then runs
+# benchmarks/gpu_sd_timings.py, which writes gpu_sd_timings.json and gpu_sd_timings.txt into OUT_DIR.
+#
+#   benchmarks/gpu_sd_timings.sh OUT_DIR [--official DIR] [--quick] [other gpu_sd_timings.py options]
+#
+# --official defaults to .official/ in the repository root when that folder exists (see benchmarks/PARITY.md).
+# --quick is the CPU smoke run (tiny model, 64 px, 3 drag steps, 2 LoRA steps; well under a minute).
+# The whole run is capped at GPU_SD_TIMEOUT seconds (default 480) so a device call keeps its output.
+set -uo pipefail
+if [ $# -lt 1 ] || [ "${1#-}" != "$1" ]; then
+    echo "usage: $0 OUT_DIR [--official DIR] [--quick] [...]" >&2
+    exit 2
+fi
+OUT_DIR=$1
+shift
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+PY=${PYTHON:-python3}
+mkdir -p "$OUT_DIR"
+
+# 1. diffusers (the GPU machine has torch, peft, transformers, accelerate, einops, but no diffusers)
+if ! "$PY" -c "import diffusers" 2>/dev/null; then
+    if ls "$REPO"/.whl/*.whl >/dev/null 2>&1; then
+        "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+            "$REPO"/.whl/*.whl || { echo "installing the carried wheels failed" >&2; exit 3; }
+        export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+    else
+        echo "diffusers is not installed and no wheels are in $REPO/.whl/: carry them (benchmarks/PARITY.md)" >&2
+        exit 3
+    fi
+fi
+# 2. dragnb from this tree (no pip install: the CPU torch pin must not reach that machine)
+export PYTHONPATH=$REPO${PYTHONPATH:+:$PYTHONPATH}
+export PYTHONUNBUFFERED=1 TQDM_DISABLE=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+
+ARGS=("$@")
+if [ -d "$REPO/.official" ] && [[ " $* " != *" --official "* ]]; then
+    ARGS+=(--official "$REPO/.official")
+fi
+"$PY" -c "import torch, diffusers; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), \
+'diffusers', diffusers.__version__)" 2>&1 | tail -1
+timeout "${GPU_SD_TIMEOUT:-480}" "$PY" "$REPO/benchmarks/gpu_sd_timings.py" "$OUT_DIR" "${ARGS[@]}" 2>&1 \
+    | grep -v -e "requires torchvision" -e "Warning" -e "deprecate(" -e "GradScaler()" \
+    -e "super().__init__(" -e "with torch.autocast" | tee "$OUT_DIR/gpu_sd_timings.log"
+exit "${PIPESTATUS[0]}"

@@ -1,0 +1,676 @@
+"""dragnb against the official DragDiffusion code, stage by stage, on the same model, image, points, mask and seed.
+
+    python benchmarks/parity_official.py --official /path/to/DragDiffusion                 # tiny SD-shaped model, CPU
+    python benchmarks/parity_official.py --official DIR --model demo                        # drag loop only (v-pred)
+    python benchmarks/parity_official.py --official DIR --model random-sd15 --device cuda --size 512   # GPU
+
+DIR is a checkout of github.com/Yujun-Shi/DragDiffusion (not part of this repository; see benchmarks/PARITY.md for
+how to get it). Its modules are imported from DIR at run time (`drag_pipeline.py`, `utils/drag_utils.py`,
+`utils/attn_utils.py`; einops is their one extra need) and driven through thin adapters written here:
+
+  * `OfficialAdapter` builds its `DragPipeline` on the SAME unet / vae / text encoder / tokenizer objects as the
+    dragnb model (and its own DDIM scheduler from the same config), installs its UNet forward override and its
+    attention editor only while official code runs, and removes them afterwards (the UNet is shared);
+  * the LoRA is trained once with `dragnb.lora.train_lora` (the official trainer imports diffusers APIs that no
+    longer exist: see PARITY.md) and applied to the shared UNet for both codes with `dragnb.lora.applied`;
+  * the glue of the official `utils/ui_utils.py:run_drag` (which imports gradio and needs CUDA) is repeated in
+    `official_edit`: point and mask conversion, its `args`, inversion, `drag_diffusion_update`, the editor, the
+    pipeline call, and its uint8 conversion;
+  * per-step figures of `drag_diffusion_update` come from taps: the adapter model records every latent the loop
+    feeds the UNet and every x_{t-1}, a wrapper around its `point_tracking` records the handles, and its printed
+    `loss total=` lines give the total loss (6 decimals); its mask term is recomputed from the recorded x_{t-1}.
+
+Stages: (1) DDIM inversion from the image, (2) source features at the same z_t, (3) the drag loop from the same
+z_t, step by step, (4) denoising with mutual self-attention of the same (z_t, ẑ_t), (5) the whole edit (each code
+chaining its own stages). The last line:
+    parity: max |dlatent| = X over N steps, handles identical: yes|no, final PSNR = Y dB
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TQDM_DISABLE", "1")  # before tqdm is imported: the official pipeline's progress bars
+
+import argparse
+import contextlib
+import copy
+import importlib.util
+import io
+import json
+import math
+import re
+import subprocess
+import sys
+import time
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+try:
+    import dragnb  # noqa: F401
+except ImportError:  # run from a checkout without `pip install -e .`
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from dragnb import DragSession, ddim, lora  # noqa: E402
+from dragnb.attention import mutual_self_attention  # noqa: E402
+try:  # the UNet call with dragnb's autocast and guidance (moving from session.py to unet.py)
+    from dragnb.unet import guided_unet_fn  # noqa: E402
+except ImportError:
+    from dragnb.session import guided_unet_fn  # noqa: E402
+
+# the official run_drag's fixed values and its UI defaults (drag_ui.py), for the table that shows both
+OFFICIAL_DEFAULTS = dict(n_inference_steps=50, inversion_strength=0.7, guidance_scale=1.0, feature_block=2,
+                         sup_res_scale=0.5, r_m=1, r_p=3, lam=0.1, drag_lr=0.01, drag_steps=80, reach_distance=2.0,
+                         attn_start_layer=10, attn_start_step=0, lora_rank=16, lora_steps=80, lora_lr=5e-4,
+                         lora_batch_size=4)
+
+
+# ------------------------------------------------------------------------------------------- the official modules
+def _load_file(name: str, path: str):
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def official_commit(official_dir: str) -> str:
+    try:
+        out = subprocess.run(["git", "-C", official_dir, "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=10)
+        if out.returncode == 0 and re.fullmatch(r"[0-9a-f]{40}", out.stdout.strip()):
+            return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    p = os.path.join(official_dir, "COMMIT")   # written by the checkout recipe in PARITY.md (git archive has no .git)
+    return open(p).read().strip() if os.path.isfile(p) else "unknown"
+
+
+def load_official(official_dir: str) -> SimpleNamespace:
+    """Import the official modules from DIR by path, under private names (its `utils` would shadow others)."""
+    need = ["drag_pipeline.py", "utils/drag_utils.py", "utils/attn_utils.py"]
+    missing = [f for f in need if not os.path.isfile(os.path.join(official_dir, f))]
+    if missing:
+        raise SystemExit(f"--official {official_dir!r} is not a DragDiffusion checkout: missing {missing}. "
+                         "Get it as benchmarks/PARITY.md says.")
+    try:
+        import einops  # noqa: F401
+    except ImportError:
+        raise SystemExit("the official utils/attn_utils.py needs einops: `pip install einops` (or put it on "
+                         "PYTHONPATH); dragnb itself does not need it") from None
+    ns = SimpleNamespace(dir=os.path.abspath(official_dir), commit=official_commit(official_dir))
+    ns.pipeline = _load_file("official_drag_pipeline", os.path.join(official_dir, "drag_pipeline.py"))
+    ns.drag = _load_file("official_drag_utils", os.path.join(official_dir, "utils", "drag_utils.py"))
+    ns.attn = _load_file("official_attn_utils", os.path.join(official_dir, "utils", "attn_utils.py"))
+    try:  # recorded only: the stage is compared by recipe (PARITY.md), not run
+        _load_file("official_lora_utils", os.path.join(official_dir, "utils", "lora_utils.py"))
+        ns.lora_import = "ok"
+    except Exception as e:  # noqa: BLE001
+        ns.lora_import = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
+    ns.lora_missing_in_diffusers = missing_diffusers_names()
+    return ns
+
+
+def missing_diffusers_names() -> list:
+    """What of the diffusers API utils/lora_utils.py uses this diffusers lacks (whatever else fails first): the
+    names it imports, and `set_lora_layer` on an Attention's projections (plain nn.Linear in recent diffusers)."""
+    import warnings
+
+    import diffusers
+    from diffusers.models.attention_processor import Attention
+    wanted = {"diffusers.loaders": ["AttnProcsLayers", "LoraLoaderMixin"], "diffusers.models.lora": ["LoRALinearLayer"],
+              "diffusers.training_utils": ["unet_lora_state_dict"], "diffusers.optimization": ["get_scheduler"]}
+    out = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for mod, names in wanted.items():
+            try:
+                m = importlib.import_module(mod)
+            except Exception:  # noqa: BLE001
+                out += [f"{mod}.{n}" for n in names]
+                continue
+            out += [f"{mod}.{n}" for n in names if not hasattr(m, n)]
+        to_q = Attention(query_dim=8, heads=1, dim_head=8).to_q
+        if not hasattr(to_q, "set_lora_layer"):
+            out.append(f"Attention.to_q.set_lora_layer (to_q is a plain {type(to_q).__name__})")
+    return [f"diffusers {diffusers.__version__} lacks " + ", ".join(out)] if out else []
+
+
+# ------------------------------------------------------------------------------------------- timing and memory
+class Clock:
+    """Wall time and peak CUDA memory (torch.cuda.max_memory_allocated) of named stages."""
+
+    def __init__(self, device):
+        self.device, self.rows = torch.device(device), {}
+
+    def sync(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def mark(self):
+        self.sync()
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        return time.perf_counter()
+
+    def record(self, name, t0):
+        self.sync()
+        peak = torch.cuda.max_memory_allocated() / 2**20 if self.device.type == "cuda" else None
+        self.rows[name] = dict(s=time.perf_counter() - t0, peak_mb=peak)
+        return self.mark()
+
+    @contextlib.contextmanager
+    def __call__(self, name):
+        t0 = self.mark()
+        yield
+        self.record(name, t0)
+
+
+# ------------------------------------------------------------------------------------------- the adapter
+class _Tap:
+    """Stands in for the official `model` argument of `drag_diffusion_update`: forwards to the official pipeline
+    (or to a supplied features/step pair) and records what the loop feeds it."""
+
+    def __init__(self, forward_features, step):
+        self._ff, self._step = forward_features, step
+        self.latents, self.x_prevs = [], []
+
+    def forward_unet_features(self, z, t, encoder_hidden_states, layer_idx=(0,), interp_res_h=256, interp_res_w=256):
+        self.latents.append(z.detach().float().clone())
+        return self._ff(z, t, encoder_hidden_states, layer_idx=layer_idx, interp_res_h=interp_res_h,
+                        interp_res_w=interp_res_w)
+
+    def step(self, model_output, timestep, x):
+        out = self._step(model_output, timestep, x)
+        self.x_prevs.append(out[0].detach().float().clone())
+        return out
+
+
+class OfficialAdapter:
+    """The official `DragPipeline` and editor on a dragnb model's components (shared, so the weights are the same)."""
+
+    def __init__(self, off: SimpleNamespace, model):
+        from diffusers import DDIMScheduler
+        self.off, self.model = off, model
+        self.device = model.device
+        if model.vae is None or model.text_encoder is None:
+            raise ValueError(f"model {model.name!r} has no VAE/text encoder: the official pipeline needs an SD-shaped "
+                             "model; use --model tiny or random-sd15 (the demo model runs the drag loop only)")
+        if model.prediction_type != "epsilon":
+            raise ValueError(f"model {model.name!r} predicts {model.prediction_type!r}; the official DDIM steps "
+                             "(DragPipeline.step / inv_step) assume epsilon")
+        self.pipe = off.pipeline.DragPipeline(
+            vae=model.vae, text_encoder=model.text_encoder, tokenizer=model.tokenizer, unet=model.unet,
+            scheduler=DDIMScheduler.from_config(model.scheduler.config), safety_checker=None,
+            feature_extractor=None, requires_safety_checker=False)
+
+    @contextlib.contextmanager
+    def unet_override(self):
+        """Its UNet forward that also returns the decoder features, only while official code runs."""
+        self.pipe.modify_unet_forward()
+        try:
+            yield self.pipe
+        finally:
+            self.model.unet.__dict__.pop("forward", None)
+
+    @contextlib.contextmanager
+    def editor(self, start_step, start_layer, total_steps, guidance_scale=1.0):
+        with contextlib.redirect_stdout(io.StringIO()):
+            ed = self.off.attn.MutualSelfAttentionControl(start_step=start_step, start_layer=start_layer,
+                                                          total_steps=total_steps, guidance_scale=guidance_scale)
+            self.off.attn.register_attention_editor_diffusers(self.pipe, ed, attn_processor="attn_proc")
+        try:
+            yield ed
+        finally:
+            for m in self.model.unet.modules():
+                if type(m).__name__ == "Attention":
+                    m.__dict__.pop("forward", None)
+
+    def text_embeddings(self, prompt):
+        with contextlib.redirect_stdout(io.StringIO()):
+            return self.pipe.get_text_embeddings(prompt)
+
+    def preprocess(self, image_hw3):
+        """ui_utils.preprocess_image: uint8 HxWx3 -> (1, 3, H, W) in [-1, 1]."""
+        x = torch.from_numpy(image_hw3).float() / 127.5 - 1
+        return x.permute(2, 0, 1)[None].to(self.device, self.model.dtype)
+
+    def invert(self, image_b3hw, emb, args):
+        with self.unet_override(), contextlib.redirect_stdout(io.StringIO()):
+            z, lats = self.pipe.invert(image_b3hw, args.prompt, encoder_hidden_states=emb,
+                                       guidance_scale=args.guidance_scale, num_inference_steps=args.n_inference_step,
+                                       num_actual_inference_steps=args.n_actual_inference_step,
+                                       return_intermediates=True)
+        return z, lats
+
+    def timestep(self, args):
+        self.pipe.scheduler.set_timesteps(args.n_inference_step)
+        return self.pipe.scheduler.timesteps[args.n_inference_step - args.n_actual_inference_step]
+
+    def features(self, z, emb, t, args):
+        with self.unet_override(), torch.no_grad():
+            _, feat = self.pipe.forward_unet_features(z, t, emb, layer_idx=args.unet_feature_idx,
+                                                      interp_res_h=args.sup_res_h, interp_res_w=args.sup_res_w)
+        return feat
+
+    def drag(self, z_t, emb, t, handles, targets, mask_sup, args):
+        with self.unet_override():
+            tap = _Tap(self.pipe.forward_unet_features, self.pipe.step)
+            return run_drag_loop(self.off, tap, z_t, emb, t, handles, targets, mask_sup, args)
+
+    def denoise(self, z_src, z_edit, emb, args, start_step, start_layer):
+        """Its pipeline call with the mutual self-attention editor; returns (image (1, 3, H, W) in [0, 1], latents)."""
+        with self.unet_override(), self.editor(start_step, start_layer, args.n_inference_step, args.guidance_scale), \
+                contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
+            img, lats = self.pipe(prompt=args.prompt, encoder_hidden_states=torch.cat([emb] * 2, dim=0), batch_size=2,
+                                  latents=torch.cat([z_src, z_edit], dim=0), guidance_scale=args.guidance_scale,
+                                  num_inference_steps=args.n_inference_step,
+                                  num_actual_inference_steps=args.n_actual_inference_step, return_intermediates=True)
+        return img[1:2], lats[-1]
+
+
+def run_drag_loop(off, tap, z_t, emb, t, handles, targets, mask_sup, args):
+    """`drag_diffusion_update` with taps; returns (final latent, per-step records)."""
+    tracked = []
+    orig_tracking = off.drag.point_tracking
+
+    def tracking_tap(F0, F1, handle_points, handle_points_init, a):
+        out = orig_tracking(F0, F1, handle_points, handle_points_init, a)
+        tracked.append([[float(v) for v in p] for p in out])
+        return out
+
+    buf = io.StringIO()
+    off.drag.point_tracking = tracking_tap
+    try:
+        with contextlib.redirect_stdout(buf), torch.enable_grad():
+            z = off.drag.drag_diffusion_update(tap, z_t.clone(), emb, t, [h.clone() for h in handles],
+                                               [p.clone() for p in targets], mask_sup, args)
+    finally:
+        off.drag.point_tracking = orig_tracking
+    totals = [float(v) for v in re.findall(r"loss total=([-+0-9.eE]+)", buf.getvalue())]
+    interp_mask = F.interpolate(mask_sup.float(), tuple(z_t.shape[2:]), mode="nearest")
+    use_mask = float(interp_mask.sum()) != 0.0
+    # call 0: F0 (no grad); call i+1: step i on the latent after i updates; x_prevs likewise
+    x0p = tap.x_prevs[0]
+    recs = []
+    for i, total in enumerate(totals):
+        xp = tap.x_prevs[i + 1]
+        mask_term = args.lam * float(((xp - x0p) * (1.0 - interp_mask.float())).abs().sum()) if use_mask else 0.0
+        hs = [[float(v) for v in h] for h in handles] if i == 0 else tracked[i - 1]
+        after = tap.latents[i + 2] if i + 2 < len(tap.latents) else z.detach().float()
+        recs.append(dict(step=i + 1, loss=total, mask_loss=mask_term, motion_loss=total - mask_term, handles_rc=hs,
+                         latent=after.cpu()))
+    return z.detach(), recs
+
+
+def unet_to(model, dtype):
+    """Cast the shared UNet as run_drag does (float32 for the drag loop, back after), keeping LoRA weights float32
+    as dragnb keeps them."""
+    model.unet.to(dtype)
+    for n, p in model.unet.named_parameters():
+        if "lora_" in n:
+            p.data = p.data.float()
+
+
+def official_args(cfg, prompt, size_hw, n_pix_step):
+    """run_drag's `args`, filled from the dragnb config (the table printed at start shows where they differ)."""
+    H, W = size_hw
+    n = cfg.n_inference_steps
+    return SimpleNamespace(prompt=prompt, n_inference_step=n, n_actual_inference_step=round(cfg.inversion_strength * n),
+                           guidance_scale=cfg.guidance_scale, unet_feature_idx=[cfg.feature_block + 1], r_m=cfg.r_m,
+                           r_p=cfg.r_p, lam=cfg.lam, lr=cfg.drag_lr, n_pix_step=n_pix_step,
+                           sup_res_h=int(cfg.sup_res_scale * H), sup_res_w=int(cfg.sup_res_scale * W))
+
+
+def official_points(points_xy, size_hw, args):
+    """run_drag: [x, y] pixels -> rounded (row, col) tensors on the supervision grid; even = handle, odd = target."""
+    H, W = size_hw
+    pts = [torch.round(torch.tensor([p[1] / H * args.sup_res_h, p[0] / W * args.sup_res_w])) for p in points_xy]
+    return pts[0::2], pts[1::2]
+
+
+def official_mask(mask_hw, args, device):
+    """run_drag: uint8 mask -> {0, 1} float (1, 1, H, W) -> nearest to the supervision grid."""
+    m = torch.from_numpy(mask_hw.astype(np.float32) * 255).float() / 255.0
+    m[m > 0.0] = 1.0
+    return F.interpolate(m[None, None].to(device), (args.sup_res_h, args.sup_res_w), mode="nearest")
+
+
+def official_uint8(img_b3hw):
+    """run_drag's conversion of its [0, 1] image: (x * 255).astype(uint8), i.e. truncation."""
+    return (img_b3hw[0].float().cpu().permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+
+
+def official_edit(adapter, image, mask_hw, points_xy, args, start_step, start_layer, clock=None, prefix="official"):
+    """The official run_drag from inversion to image (LoRA applied by the caller), each stage timed."""
+    clock = clock or Clock(adapter.device)
+    H, W = image.shape[:2]
+    with clock(f"{prefix}.inversion"):
+        emb = adapter.text_embeddings(args.prompt)
+        z_t, _ = adapter.invert(adapter.preprocess(image), emb, args)
+    t = adapter.timestep(args)
+    handles, targets = official_points(points_xy, (H, W), args)
+    mask_sup = official_mask(mask_hw, args, adapter.device)
+    model = adapter.model
+    half = model.dtype != torch.float32
+    if half:  # run_drag: the drag loop runs on a float32 UNet under autocast, the rest in float16
+        unet_to(model, torch.float32)
+    with clock(f"{prefix}.drag_loop"):
+        z_hat, recs = adapter.drag(z_t.float(), emb.float(), t, handles, targets, mask_sup, args)
+    if half:
+        unet_to(model, model.dtype)
+    with clock(f"{prefix}.denoise"):
+        img, z0 = adapter.denoise(z_t, z_hat.to(z_t.dtype), emb, args, start_step, start_layer)
+    return dict(z_t=z_t, z_hat=z_hat, records=recs, image=img, z0=z0[1:2])
+
+
+# ------------------------------------------------------------------------------------------- inputs
+def scene(size: int) -> np.ndarray:
+    """A smooth gradient with a red disk to drag, uint8 (size, size, 3)."""
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    img = np.stack([0.3 + 0.4 * xx, 0.5 - 0.3 * yy, 0.6 + 0.1 * xx * yy], -1)
+    img[((xx - 0.35) ** 2 + (yy - 0.5) ** 2) < 0.02] = (0.9, 0.2, 0.1)
+    return (img * 255).round().astype(np.uint8)
+
+
+def drag_case(size: int):
+    """One drag (handle at the disk, 25 % of the width to the right) and a rectangular mask whose edges fall on
+    multiples of 4 px, so dragnb's and the official mask down-sampling pick the same cells (see mask_grid_check)."""
+    handle, target = (0.35 * size, 0.5 * size), (0.6 * size, 0.5 * size)
+    mask = np.zeros((size, size), bool)
+    q = lambda v: int(round(v / 4)) * 4  # noqa: E731
+    mask[q(size / 4):q(3 * size / 4), q(size / 8):q(7 * size / 8)] = True
+    return handle, target, mask
+
+
+def mask_grid_check(session, size, args):
+    """Cells where dragnb's and the official nearest down-sampling of a disk mask (odd edges) disagree."""
+    yy, xx = np.mgrid[0:size, 0:size]
+    disk = (xx - 0.45 * size) ** 2 + (yy - 0.5 * size) ** 2 < (0.23 * size) ** 2
+    ours = session.geometry.mask_to_grid(disk)
+    theirs = official_mask(disk, args, "cpu")[0, 0].numpy()
+    return int((ours != theirs).sum()), int(ours.size)
+
+
+def psnr(a_uint8, b_uint8) -> float:
+    mse = float(((a_uint8.astype(np.float64) - b_uint8.astype(np.float64)) ** 2).mean())
+    return float("inf") if mse == 0 else 10 * math.log10(255.0 ** 2 / mse)
+
+
+def maxabs(a, b) -> float:
+    return float((a.detach().float().cpu() - b.detach().float().cpu()).abs().max())
+
+
+def build_model(name, device, dtype):
+    from dragnb.models import load_model, random_sd15, tiny_model
+    if name == "tiny":
+        return tiny_model(device=device or "cpu", dtype=dtype)
+    if name == "random-sd15":
+        return random_sd15(device=device, dtype=dtype)
+    return load_model(name, device=device, dtype=dtype)
+
+
+# ------------------------------------------------------------------------------------------- dragnb's side
+def dragnb_edit(model, image, mask, drag, cfg, prompt, seed, clock, prefix="dragnb"):
+    """A DragSession edit, stage by stage, with per-stage times from prepare()'s progress callback."""
+    s = DragSession(model, image, prompt=prompt, seed=seed, config=cfg)
+    s.add_drag(*drag)
+    s.set_mask(mask)
+    marks = {}
+
+    def cb(stage, i, n):
+        if i == n and stage not in marks:
+            marks[stage] = clock.record(f"{prefix}.{stage}", marks.get("_t", t0))
+            marks["_t"] = marks[stage]
+    t0 = clock.mark()
+    s.prepare(progress=False, callback=cb)
+    clock.sync()
+    records = []
+    t = clock.mark()
+    while len(records) < cfg.drag_steps and not s.reached:
+        recs = s.step(1)
+        if not recs:
+            break
+        r = recs[0]
+        records.append(dict(step=r.step, loss=r.loss, motion_loss=r.motion_loss, mask_loss=r.mask_loss,
+                            handles_rc=[list(map(float, h)) for h in r.handles_grid], latent=s.current_latent().cpu()))
+    t = clock.record(f"{prefix}.drag_loop", t)
+    img = np.asarray(s.result())
+    clock.record(f"{prefix}.denoise", t)
+    return s, records, img
+
+
+def lora_reconstruction(model, session, image, cfg, prompt, seed) -> dict:
+    """PSNR (dB) of the inversion round trip (invert to t, denoise back, no mutual attention) against the input, with
+    the session's LoRA and with none: what the LoRA fine-tune is for."""
+    no_lora = DragSession(model, image, prompt=prompt, seed=seed, config=cfg.replace(lora_steps=0))
+    return dict(lora_steps=cfg.lora_steps, with_lora_db=psnr(np.asarray(session.reconstruction()), image),
+                without_lora_db=psnr(np.asarray(no_lora.reconstruction()), image))
+
+
+def dragnb_denoise(model, lstate, z_src, z_edit, cfg, prompt):
+    """dragnb's final denoising (ddim.denoise under attention.mutual_self_attention), as the session runs it."""
+    fn = guided_unet_fn(model, model.encode_prompt(prompt), cfg.guidance_scale)
+    with torch.no_grad(), lora.applied(model.unet, lstate), \
+            mutual_self_attention(model.unet, cfg.attn_start_step, cfg.attn_start_layer) as ctl:
+        z = ddim.denoise(fn, model.scheduler, torch.cat([z_src, z_edit]), cfg.n_inference_steps, cfg.drag_step_index,
+                         step_hook=lambda i: setattr(ctl, "step", i))
+    return z[1:2]
+
+
+# ------------------------------------------------------------------------------------------- the comparisons
+def parity_sd(off, model, a) -> dict:
+    clock = Clock(model.device)
+    size = a.size or 2 * model.native_size
+    cfg = model.default_config(drag_steps=a.steps, lora_steps=a.lora_steps)
+    image = scene(size)
+    handle, target, mask = drag_case(size)
+    prompt, seed = a.prompt, a.seed
+    res = dict(model=model.name, size=size, device=str(model.device), dtype=str(model.dtype).replace("torch.", ""),
+               official_commit=off.commit, official_lora_utils_import=off.lora_import,
+               official_lora_utils_missing=off.lora_missing_in_diffusers, steps=a.steps,
+               lora_steps=a.lora_steps, config={k: getattr(cfg, k) for k in OFFICIAL_DEFAULTS},
+               config_differs_from_official={k: [getattr(cfg, k), v] for k, v in OFFICIAL_DEFAULTS.items()
+                                             if k not in ("drag_steps", "lora_steps") and getattr(cfg, k) != v})
+
+    # dragnb first (the official run_drag casts the shared UNet's dtype back and forth)
+    s, d_recs, d_img = dragnb_edit(model, image, mask, (handle, target), cfg, prompt, seed, clock)
+    z_t_d = s.latent_at(0)
+    adapter = OfficialAdapter(off, model)
+    args = official_args(cfg, prompt, (size, size), a.steps)
+    res["official_args"] = {k: v for k, v in vars(args).items() if k != "prompt"}
+    res["mask_grid_disagreement"] = dict(zip(("cells", "of"), mask_grid_check(s, size, args)))
+
+    # the LoRA: dragnb's trainer with the session's seed and settings (deterministic: the same weights the session
+    # trained, which stage 1's agreement confirms), applied to the shared UNet for the official code
+    lstate = None
+    if cfg.lora_steps:
+        z0 = model.encode(torch.from_numpy(image).permute(2, 0, 1)[None].float() / 127.5 - 1.0)
+        lstate = lora.train_lora(model, z0, model.encode_prompt(prompt), rank=cfg.lora_rank, steps=cfg.lora_steps,
+                                 lr=cfg.lora_lr, batch_size=cfg.lora_batch_size, seed=seed)
+    stages = {}
+    with lora.applied(model.unet, lstate):
+        emb = adapter.text_embeddings(prompt)
+        stages["text_embeddings"] = maxabs(emb, model.encode_prompt(prompt))
+        # 1. inversion from the same image
+        z_t_o, lats_o = adapter.invert(adapter.preprocess(image), emb, args)
+        stages["encode_z0"] = maxabs(lats_o[0], model.encode(adapter.preprocess(image).float()))
+        stages["inversion_z_t"] = maxabs(z_t_o, z_t_d)
+        t = adapter.timestep(args)
+        res["t"] = int(t)
+        # 2. source features at the same z_t
+        f0_o = adapter.features(z_t_d.to(model.dtype), emb, t, args)[0]
+        stages["source_features"] = maxabs(f0_o, s.features("source"))
+        # 3. the drag loop from the same z_t
+        handles, targets = official_points([handle, target], (size, size), args)
+        res["handles0_rc"] = [list(map(float, h)) for h in handles]
+        res["targets_rc"] = [list(map(float, p)) for p in targets]
+        mask_sup = official_mask(mask, args, model.device)
+        if model.dtype != torch.float32:
+            unet_to(model, torch.float32)
+        _, o_recs = adapter.drag(z_t_d.float(), emb.float(), t, handles, targets, mask_sup, args)
+        if model.dtype != torch.float32:
+            unet_to(model, model.dtype)
+    per_step = []
+    for i in range(max(len(d_recs), len(o_recs))):
+        d = d_recs[i] if i < len(d_recs) else None
+        o = o_recs[i] if i < len(o_recs) else None
+        row = dict(step=i + 1, dragnb_steps=d is not None, official_steps=o is not None)
+        if d and o:
+            row.update(dlatent=maxabs(d["latent"], o["latent"]), handles_equal=d["handles_rc"] == o["handles_rc"],
+                       handles_dragnb=d["handles_rc"], handles_official=o["handles_rc"],
+                       loss=[d["loss"], o["loss"]], motion_loss=[d["motion_loss"], o["motion_loss"]],
+                       mask_loss=[d["mask_loss"], o["mask_loss"]])
+        per_step.append(row)
+    res["drag_steps_taken"] = dict(dragnb=len(d_recs), official=len(o_recs))
+    both = [r for r in per_step if "dlatent" in r]
+    stages["drag_latent_max"] = max((r["dlatent"] for r in both), default=0.0)
+    stages["drag_loss_max"] = max((abs(r["loss"][0] - r["loss"][1]) for r in both), default=0.0)
+    res["per_step"] = per_step
+    # 4. denoising with mutual self-attention of the same (z_t, ẑ_t)
+    z_hat_d = s.current_latent()
+    with lora.applied(model.unet, lstate):
+        img_o, z0_o = adapter.denoise(z_t_d.to(model.dtype), z_hat_d.to(model.dtype), emb, args, cfg.attn_start_step,
+                                      cfg.attn_start_layer)
+    z0_d = dragnb_denoise(model, lstate, z_t_d, z_hat_d, cfg, prompt)
+    stages["denoise_latent"] = maxabs(z0_o[1:2], z0_d)
+    stages["denoise_image_psnr_db"] = psnr(official_uint8(img_o), d_img)
+    # 5. the whole edit: each code chains its own stages
+    with lora.applied(model.unet, lstate):
+        ed = official_edit(adapter, image, mask, [handle, target], args, cfg.attn_start_step, cfg.attn_start_layer,
+                           clock)
+    o_img = official_uint8(ed["image"])
+    stages["whole_edit_z_hat"] = maxabs(ed["z_hat"], z_hat_d)
+    stages["whole_edit_image_max_levels"] = int(np.abs(o_img.astype(int) - d_img.astype(int)).max())
+    # dragnb rounds to uint8, run_drag truncates: the same float image rounded dragnb's way isolates that
+    o_round = (ed["image"][0].float().cpu().permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    stages["whole_edit_image_max_levels_same_rounding"] = int(np.abs(o_round.astype(int) - d_img.astype(int)).max())
+    res["stages"] = stages
+    res["lora_reconstruction"] = lora_reconstruction(model, s, image, cfg, prompt, seed)
+    res["final_psnr_db"] = psnr(o_img, d_img)
+    res["final_psnr_same_rounding_db"] = psnr(o_round, d_img)
+    res["times"] = clock.rows
+    res["summary"] = dict(max_dlatent=stages["drag_latent_max"], n_steps=len(both),
+                          handles_identical=all(r["handles_equal"] for r in both) and len(d_recs) == len(o_recs),
+                          final_psnr_db=res["final_psnr_db"])
+    return res
+
+
+def parity_drag_only(off, model, a) -> dict:
+    """Models the official pipeline cannot take (no VAE/text encoder, v-prediction): its drag loop only, fed by an
+    adapter whose UNet features come from a forward hook and whose x_{t-1} step is dragnb's (prediction-type aware)."""
+    from dragnb.features import unet_with_features
+    size = a.size or model.native_size
+    cfg = model.default_config(drag_steps=a.steps, lora_steps=a.lora_steps)
+    image = scene(size)
+    handle, target, mask = drag_case(size)
+    clock = Clock(model.device)
+    s, d_recs, _ = dragnb_edit(model, image, mask, (handle, target), cfg, a.prompt, a.seed, clock)
+    z_t = s.latent_at(0)
+    lstate = None
+    if cfg.lora_steps:
+        z0 = model.encode(torch.from_numpy(image).permute(2, 0, 1)[None].float() / 127.5 - 1.0)
+        lstate = lora.train_lora(model, z0, model.encode_prompt(a.prompt), rank=cfg.lora_rank, steps=cfg.lora_steps,
+                                 lr=cfg.lora_lr, batch_size=cfg.lora_batch_size, seed=a.seed)
+    args = official_args(cfg, a.prompt, (size, size), a.steps)
+    fn = guided_unet_fn(model, model.encode_prompt(a.prompt), 1.0)
+
+    def forward_features(z, t, emb, layer_idx, interp_res_h, interp_res_w):
+        return unet_with_features(fn, model.unet, z, int(t), layer_idx[0] - 1, (interp_res_h, interp_res_w))
+
+    def step(out, t, x):
+        return ddim.prev_step(model.scheduler, out, x, int(t), args.n_inference_step), None
+
+    t = ddim.timesteps(model.scheduler, cfg.n_inference_steps)[cfg.n_inference_steps - cfg.drag_step_index]
+    handles, targets = official_points([handle, target], (size, size), args)
+    with lora.applied(model.unet, lstate):
+        tap = _Tap(forward_features, step)
+        _, o_recs = run_drag_loop(off, tap, z_t.float(), model.encode_prompt(a.prompt), t, handles, targets,
+                                  official_mask(mask, args, model.device), args)
+    with torch.no_grad(), lora.applied(model.unet, lstate):
+        _, tap_f0 = forward_features(z_t, t, None, args.unet_feature_idx, args.sup_res_h, args.sup_res_w)
+    f0 = maxabs(tap_f0[0], s.features("source"))
+    both = [(d, o) for d, o in zip(d_recs, o_recs)]
+    per_step = [dict(step=i + 1, dlatent=maxabs(d["latent"], o["latent"]),
+                     handles_equal=d["handles_rc"] == o["handles_rc"], loss=[d["loss"], o["loss"]])
+                for i, (d, o) in enumerate(both)]
+    mx = max((r["dlatent"] for r in per_step), default=0.0)
+    return dict(model=model.name, size=size, prediction_type=model.prediction_type, official_commit=off.commit,
+                lora_reconstruction=lora_reconstruction(model, s, image, cfg, a.prompt, a.seed),
+                note="official inversion/denoising not run: its DDIM steps assume epsilon prediction; the drag loop's "
+                     "x_{t-1} comes from dragnb.ddim.prev_step (v-aware), covered by tests/test_ddim.py's oracle test",
+                stages=dict(source_features=f0, drag_latent_max=mx), per_step=per_step,
+                drag_steps_taken=dict(dragnb=len(d_recs), official=len(o_recs)),
+                summary=dict(max_dlatent=mx, n_steps=len(per_step),
+                             handles_identical=all(r["handles_equal"] for r in per_step) and len(d_recs) == len(o_recs),
+                             final_psnr_db=None))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--official", required=True, help="a checkout of Yujun-Shi/DragDiffusion (see PARITY.md)")
+    p.add_argument("--model", default="tiny", help="tiny (default), random-sd15, demo, or anything load_model takes")
+    p.add_argument("--device", default=None)
+    p.add_argument("--dtype", default=None, help="float32 (CPU default) or float16 (CUDA default)")
+    p.add_argument("--size", type=int, default=None, help="image side (default: 2x native for tiny, native else)")
+    p.add_argument("--steps", type=int, default=80, help="drag steps (official 80)")
+    p.add_argument("--lora-steps", type=int, default=None, help="LoRA steps (default: the model's config)")
+    p.add_argument("--prompt", default="a photo of a red ball")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--json", default=None, help="write every figure here")
+    p.add_argument("--quiet", action="store_true", help="only the summary lines")
+    a = p.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    import warnings
+    warnings.filterwarnings("ignore")
+    off = load_official(a.official)
+    print(f"official DragDiffusion: {off.dir} at commit {off.commit}")
+    print(f"official utils/lora_utils.py import: {off.lora_import}; {'; '.join(off.lora_missing_in_diffusers)}")
+    dtype = {None: None, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[a.dtype]
+    torch.manual_seed(a.seed)
+    model = build_model(a.model, a.device, dtype)
+    if a.lora_steps is None:
+        a.lora_steps = model.default_config().lora_steps
+    sd_like = model.vae is not None and model.text_encoder is not None and model.prediction_type == "epsilon"
+    res = parity_sd(off, model, a) if sd_like else parity_drag_only(off, model, a)
+    if not a.quiet:
+        if "config_differs_from_official" in res:
+            print(f"config values that differ from the official defaults (dragnb, official): "
+                  f"{res['config_differs_from_official'] or 'none'}")
+        print("step  max|dlatent|  handles(dragnb)      handles(official)    loss dragnb / official")
+        for r in res["per_step"]:
+            if "dlatent" in r:
+                hd = r.get("handles_dragnb", "")
+                ho = r.get("handles_official", "")
+                print(f"{r['step']:4d}  {r['dlatent']:.3e}    {str(hd):20s} {str(ho):20s} "
+                      f"{r['loss'][0]:.6f} / {r['loss'][1]:.6f}")
+        print("stages (max |Δ| unless named):")
+        for k, v in res["stages"].items():
+            print(f"  {k:28s} {v:.4g}" if isinstance(v, float) else f"  {k:28s} {v}")
+        for k, v in res.get("times", {}).items():
+            mem = f", peak {v['peak_mb']:.0f} MiB" if v["peak_mb"] is not None else ""
+            print(f"  time {k:26s} {v['s']:.3f} s{mem}")
+        print(f"drag steps taken: {res['drag_steps_taken']}")
+        lr = res["lora_reconstruction"]
+        print(f"inversion round trip vs the input: {lr['with_lora_db']:.2f} dB with dragnb's LoRA ({lr['lora_steps']} "
+              f"steps), {lr['without_lora_db']:.2f} dB without")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(res, f, indent=1, default=str)
+    sm = res["summary"]
+    fp = "n/a" if sm["final_psnr_db"] is None else ("inf" if sm["final_psnr_db"] == float("inf")
+                                                    else f"{sm['final_psnr_db']:.2f}")
+    if res.get("final_psnr_same_rounding_db") is not None:
+        v = res["final_psnr_same_rounding_db"]
+        print(f"final image PSNR with dragnb's rounding applied to the official float image: "
+              f"{'inf' if v == float('inf') else f'{v:.2f}'} dB (run_drag truncates to uint8, dragnb rounds)")
+    print(f"parity: max |dlatent| = {sm['max_dlatent']:.3g} over {sm['n_steps']} steps, handles identical: "
+          f"{'yes' if sm['handles_identical'] else 'no'}, final PSNR = {fp} dB")
+    return res
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""benchmarks/parity_official.py: the adapters' own logic on a stand-in for the official drag loop (no official
+code needed), and, where a DragDiffusion checkout is named by DRAGNB_OFFICIAL_DIR, a short run against it."""
+import importlib.util
+import os
+import re
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+BENCH = os.path.join(HERE, "..", "benchmarks", "parity_official.py")
+
+
+@pytest.fixture(scope="module")
+def po():
+    spec = importlib.util.spec_from_file_location("parity_official_under_test", BENCH)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _cfg_args(po, size=64):
+    from dragnb import DragConfig
+    return po.official_args(DragConfig(), "p", (size, size), 5)
+
+
+def test_official_points_land_where_dragnb_puts_them(po):
+    from dragnb import DragSession, tiny_model
+    s = DragSession(tiny_model(), po.scene(64))
+    args = _cfg_args(po)
+    pts = [(22.4, 32.0), (38.4, 32.0), (5.1, 60.9), (62.0, 0.0), (17.0, 33.0), (47.0, 15.0)]
+    handles, targets = po.official_points(pts, (64, 64), args)
+    official = [tuple(int(v) for v in p) for pair in zip(handles, targets) for p in pair]
+    assert official == [s.image_to_grid(p) for p in pts]
+    # kept on purpose: on the last pixel the official rounding lands one cell past the grid (31.5 -> 32, which its
+    # F0[:, :, r, c] indexing cannot take); dragnb clamps to the last cell
+    h, _ = po.official_points([(63.0, 0.0), (10.0, 10.0)], (64, 64), args)
+    assert int(h[0][1]) == 32 and s.image_to_grid((63.0, 0.0)) == (0, 31)
+
+
+def test_official_mask_and_uint8_conversions(po):
+    args = _cfg_args(po)
+    _, _, mask = po.drag_case(64)
+    m = po.official_mask(mask, args, "cpu")
+    assert m.shape == (1, 1, 32, 32) and set(m.unique().tolist()) == {0.0, 1.0}
+    img = torch.tensor([0.0, 0.5, 0.999, 1.0]).view(1, 1, 2, 2).expand(1, 3, 2, 2)
+    assert po.official_uint8(img)[..., 0].ravel().tolist() == [0, 127, 254, 255]   # truncation, as run_drag
+    assert po.psnr(np.zeros((2, 2), np.uint8), np.zeros((2, 2), np.uint8)) == float("inf")
+
+
+def test_mask_grid_check_counts_disagreeing_cells(po):
+    from dragnb import DragSession, tiny_model
+    s = DragSession(tiny_model(), po.scene(64))
+    bad, total = po.mask_grid_check(s, 64, _cfg_args(po))
+    assert total == 32 * 32 and 0 <= bad < total
+
+
+def test_drag_loop_taps_on_a_stand_in(po):
+    """A stand-in with the official loop's call pattern: F0 call, then per step forward, step, tracking (from the
+    second step), a printed total; the taps must give per-step latents, handles and loss terms."""
+    calls = []
+
+    def point_tracking(F0, F1, handle_points, handle_points_init, args):
+        for h in handle_points:
+            h[1] += 1
+        return handle_points
+
+    def drag_diffusion_update(model, init_code, emb, t, handle_points, target_points, mask, args):
+        with torch.no_grad():
+            out, _ = model.forward_unet_features(init_code, t, emb)
+            model.step(out, t, init_code)
+        init_code.requires_grad_(True)
+        opt = torch.optim.SGD([init_code], lr=0.5)
+        for i in range(args.n_pix_step):
+            out, _ = model.forward_unet_features(init_code, t, emb)
+            x_prev, _ = model.step(out, t, init_code)
+            if i:
+                handle_points = stand_in.point_tracking(None, None, handle_points, None, args)
+            loss = 1.0 + (x_prev - 0).abs().sum() * 0  # a total with a known value
+            loss = loss + init_code.sum()
+            print("loss total=%f" % loss.item())
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            calls.append(i)
+        return init_code
+
+    stand_in = SimpleNamespace(point_tracking=point_tracking, drag_diffusion_update=drag_diffusion_update)
+    off = SimpleNamespace(drag=stand_in)
+    tap = po._Tap(lambda z, t, e, **kw: (z * 2, None), lambda o, t, x: (x + 0.25, None))
+    z0 = torch.zeros(1, 1, 2, 2)
+    args = SimpleNamespace(n_pix_step=3, lam=0.1)
+    mask = torch.ones(1, 1, 2, 2)
+    z, recs = po.run_drag_loop(off, tap, z0, None, 1, [torch.tensor([1.0, 1.0])], [torch.tensor([1.0, 9.0])], mask, args)
+    assert stand_in.point_tracking is point_tracking            # the tap is removed again
+    assert [r["step"] for r in recs] == [1, 2, 3]
+    assert [r["handles_rc"] for r in recs] == [[[1.0, 1.0]], [[1.0, 2.0]], [[1.0, 3.0]]]
+    # SGD on sum(): each step subtracts 0.5 from every element; latents after steps 1..3
+    assert [float(r["latent"][0, 0, 0, 0]) for r in recs] == [-0.5, -1.0, -1.5]
+    assert torch.equal(recs[-1]["latent"], z.float())
+    # total = 1 + sum(latent before the step); mask all-editable -> mask term 0, motion = total
+    assert [round(r["loss"], 6) for r in recs] == [1.0, -1.0, -3.0]
+    assert all(r["mask_loss"] == 0.0 and r["motion_loss"] == r["loss"] for r in recs)
+    assert len(tap.latents) == 4 and len(tap.x_prevs) == 4      # the F0 call + one per step
+
+
+OFFICIAL = os.environ.get("DRAGNB_OFFICIAL_DIR", "")
+
+
+@pytest.mark.skipif(not os.path.isfile(os.path.join(OFFICIAL, "utils", "drag_utils.py")),
+                    reason="no DragDiffusion checkout: set DRAGNB_OFFICIAL_DIR (benchmarks/PARITY.md)")
+def test_short_parity_run_against_the_official_code(po, capsys):
+    pytest.importorskip("einops")
+    res = po.main(["--official", OFFICIAL, "--steps", "4", "--lora-steps", "2", "--quiet"])
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert re.match(r"parity: max \|dlatent\| = \S+ over 4 steps, handles identical: yes, final PSNR = \S+ dB", line)
+    assert res["summary"]["max_dlatent"] <= 1e-5
+    assert res["stages"]["inversion_z_t"] <= 1e-5 and res["stages"]["whole_edit_image_max_levels_same_rounding"] <= 1
