@@ -111,3 +111,107 @@ def test_score_edit_baselines():
     assert W.score_edit(flat, c)["lost"]
     with pytest.raises(ValueError, match="differs"):
         W.score_edit(c.image[:32], c)
+
+
+# --------------------------------------------------------------------------------------------------
+# the torch rasteriser (dragnb.demo.world_torch)
+
+def test_torch_render_equals_numpy_render_exactly():
+    """float64 (the default): every pixel of 200 scenes equals world.render's, at the scenes' size and at other
+    sizes (same sample points, same operation order, same round-half-to-even)."""
+    import torch
+    from dragnb.demo import world_torch as WT
+    scenes = [W.random_scene(s) for s in range(150)] + [W.random_scene(10**9 + s) for s in range(50)]
+    batch = WT.pack(scenes)
+    assert np.array_equal(WT.render(batch).numpy(), np.stack([W.render(s) for s in scenes]))
+    for size in (16, 48, 128):
+        some = scenes[:20]
+        assert np.array_equal(WT.render(WT.pack(some), size).numpy(), np.stack([W.render(s, size) for s in some]))
+    cov = WT.coverages(batch)
+    assert cov.shape == (200, WT.MAX_SHAPES, 64, 64) and cov.dtype == torch.float32
+
+
+def test_torch_render_float32_is_within_one_level():
+    """float32 (faster, not the default): sample points that land within float32 rounding of a shape's edge may
+    flip, which moves a pixel by one 1/16 coverage step: at most one level in a few pixels per 100,000."""
+    import torch
+    from dragnb.demo import world_torch as WT
+    scenes = [W.random_scene(s) for s in range(100)]
+    got = WT.render(WT.pack(scenes, dtype=torch.float32)).numpy().astype(int)
+    ref = np.stack([W.render(s) for s in scenes]).astype(int)
+    d = np.abs(got - ref)
+    assert d.max() <= 1 and (d > 0).mean() <= 0.005
+
+
+def test_torch_random_scenes_follow_the_world_rules():
+    import torch
+    from dragnb.demo import world_torch as WT
+    g = torch.Generator().manual_seed(0)
+    b = WT.random_scenes(2000, g)
+    n = b.valid.sum(1)
+    assert n.min() == 1 and n.max() == 3 and abs(n.float().mean().item() - 2.0) < 0.1
+    assert torch.all(b.valid[:, 0]) and torch.all(b.valid[:, 1] | ~b.valid[:, 2])      # slots fill in order
+    v = b.valid
+    ext = b.extent[v]
+    assert ext.min() >= 0.15 * 64 and ext.max() <= 0.35 * 64
+    kinds = torch.bincount(b.kind[v], minlength=4).float() / v.sum()
+    assert torch.all((kinds - 0.25).abs() < 0.03), kinds
+    r = torch.where(b.kind == 1, b.extent / math.sqrt(2), torch.where(b.kind == 2, b.extent / math.sqrt(3), b.extent / 2))
+    for c in (b.cx, b.cy):                                                             # inside at any rotation
+        assert torch.all((c[v] >= r[v]) & (c[v] <= 64 - r[v]))
+    assert torch.all(b.aspect[v & (b.kind == 3)] >= 0.45) and torch.all(b.aspect[v & (b.kind != 3)] == 1)
+    flat = (b.bg0 == b.bg1).all(1)
+    assert abs(flat.float().mean().item() - 0.5) < 0.05
+    assert torch.all((b.bg1 - b.bg0).norm(dim=1)[~flat] > 60)
+    # colours: far from the background's colour segment and from the other shapes (rejection sampling; the
+    # world keeps the 200th try when none passes, so allow a rare miss)
+    d_bg = WT._seg_dist(b.color[v], b.bg0[:, None].expand_as(b.color)[v], b.bg1[:, None].expand_as(b.color)[v])
+    assert (d_bg >= W.MIN_COLOR_DIST_BG).float().mean() > 0.99
+    both = b.valid[:, 0] & b.valid[:, 1]
+    assert ((b.color[both, 0] - b.color[both, 1]).norm(dim=1) >= W.MIN_COLOR_DIST_SHAPES).float().mean() > 0.99
+    # the same generator state gives the same scenes; rendering gives uint8 images
+    imgs = WT.random_batch(4, torch.Generator().manual_seed(3))
+    assert imgs.shape == (4, 64, 64, 3) and imgs.dtype == torch.uint8
+    assert torch.equal(imgs, WT.random_batch(4, torch.Generator().manual_seed(3)))
+
+
+def test_torch_pack_rejects_bad_input():
+    from dragnb.demo import world_torch as WT
+    with pytest.raises(ValueError, match="no scenes"):
+        WT.pack([])
+    with pytest.raises(ValueError, match="different sizes"):
+        WT.pack([W.random_scene(0, 64), W.random_scene(1, 32)])
+
+
+# --------------------------------------------------------------------------------------------------
+# shape fidelity (dragnb.demo.fidelity): the measure of a model's prior
+
+def test_shape_fidelity_is_one_on_world_scenes():
+    from dragnb.demo.fidelity import score_image, shape_fidelity
+    scenes = [W.random_scene(10**9 + i) for i in range(16)]
+    imgs = np.stack([W.render(s) for s in scenes])
+    f = shape_fidelity(imgs)
+    assert f["fidelity"] >= 0.95 and f["images_with_shapes"] == 1.0
+    n_true = sum(len(s.shapes) for s in scenes)
+    assert 0.85 * n_true <= f["shapes"] <= n_true          # occluded shapes may be hidden entirely
+    # a single unoccluded shape: found once, of the right kind
+    for seed in range(40):
+        sc = W.random_scene(seed)
+        if len(sc.shapes) == 1:
+            break
+    rows = score_image(W.render(sc))
+    assert len(rows) == 1 and rows[0]["fits"] and rows[0]["iou"] > 0.9
+    assert rows[0]["kind"] == sc.shapes[0].kind or {rows[0]["kind"], sc.shapes[0].kind} <= {"circle", "ellipse"}
+
+
+def test_shape_fidelity_is_low_on_noise_and_blur():
+    """Uniform noise has no shapes (fidelity 0); box-blurred scenes (an undertrained model's soft blobs) mostly
+    fail the flat-fill rule."""
+    import torch
+    from dragnb.demo.fidelity import shape_fidelity
+    rng = np.random.default_rng(0)
+    assert shape_fidelity(rng.integers(0, 256, (8, 64, 64, 3)).astype(np.uint8))["fidelity"] == 0.0
+    imgs = np.stack([W.render(W.random_scene(10**9 + i)) for i in range(8)]).astype(np.float32)
+    x = torch.nn.functional.avg_pool2d(torch.tensor(imgs).permute(0, 3, 1, 2), 9, 1, 4, count_include_pad=False)
+    blurred = x.permute(0, 2, 3, 1).round().clamp(0, 255).to(torch.uint8).numpy()
+    assert shape_fidelity(blurred)["fidelity"] < 0.5
