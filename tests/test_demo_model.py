@@ -161,3 +161,53 @@ def test_load_model_reads_a_demo_layout_folder(tmp_path):
     shutil.copytree(DEMO_DIR, copy)
     m = load_model(copy, device="cpu")
     assert m.name == str(copy.resolve()) and m.codec_factor == M.FACTOR
+
+
+def test_sharded_weights_load_like_one_file(tmp_path):
+    """A demo-layout folder whose UNet is saved in safetensors shards (train.py --shard-size; the GPU run keeps
+    every file under 15 MiB) loads through load_model(folder) and gives the same UNet outputs as the same
+    weights in one file; train --init reads the shards too (model.load_unet)."""
+    from dragnb import load_model
+    from dragnb.demo import train
+    torch.manual_seed(0)
+    unet = M.build_demo_unet("tiny")
+    emb = M.make_prompt_embeds(0)
+    info = {"steps": 1, "final_loss": 1.0}
+    overrides = M.config_overrides_for(unet)
+    train.save_weights(tmp_path / "one", unet, emb, info, factor=2, overrides=overrides, shard_size="10GB")
+    train.save_weights(tmp_path / "shards", unet, emb, info, factor=2, overrides=overrides, shard_size="200KB")
+    one = sorted(p.name for p in (tmp_path / "one" / "unet").iterdir())
+    shards = sorted(p.name for p in (tmp_path / "shards" / "unet").glob("*.safetensors"))
+    assert one == ["config.json", "diffusion_pytorch_model.safetensors"]
+    assert len(shards) >= 3 and (tmp_path / "shards" / "unet" / "diffusion_pytorch_model.safetensors.index.json").exists()
+    # max_shard_size bounds the tensor bytes; each file adds its safetensors header (tensor names, a few KB)
+    assert all(p.stat().st_size <= 200e3 + 40e3 for p in (tmp_path / "shards" / "unet").glob("*.safetensors"))
+    a, b = load_model(tmp_path / "one", device="cpu"), load_model(tmp_path / "shards", device="cpu")
+    assert a.codec_factor == b.codec_factor == 2 and b.default_config().attn_start_layer == overrides["attn_start_layer"]
+    x, t = torch.randn(2, 12, 32, 32), torch.tensor([500, 20])
+    with torch.no_grad():
+        ya = a.unet(x, t, a.prompt_embeds.expand(2, -1, -1)).sample
+        yb = b.unet(x, t, b.prompt_embeds.expand(2, -1, -1)).sample
+    assert torch.equal(ya, yb)
+    c = M.load_unet(tmp_path / "shards" / "unet")
+    assert all(torch.equal(v, c.state_dict()[k]) for k, v in a.unet.state_dict().items())
+
+
+def test_architectures_build_with_their_codec_and_feature_block():
+    """Every trainable architecture: input channels = 3·f², sample size = 64/f, up_blocks[2] exists (the drag's
+    feature block), mutual self-attention starts at the first up-path transformer block."""
+    from dragnb.attention import self_attention_modules
+    for name in ("f4l3", "tiny"):
+        arch = M.architecture(name)
+        u = M.build_demo_unet(name)
+        f = arch["factor"]
+        assert u.config.in_channels == 3 * f * f and u.config.sample_size * f == M.IMAGE_SIZE and len(u.up_blocks) >= 3
+        start = M.config_overrides_for(u)["attn_start_layer"]
+        up = [m for b in u.up_blocks for n, m in b.named_modules() if n.endswith("attn1") and hasattr(m, "to_q")]
+        assert self_attention_modules(u)[start] is up[0]
+    assert M.config_overrides_for(M.build_demo_unet("f4l3")) == M.DEMO_CONFIG_OVERRIDES   # the shipped overrides
+    for name in ("f4l4", "f2l4"):                 # the GPU candidates stay under the 25 MB fp16 budget
+        cfg = M.architecture(name)["unet"]
+        assert len(cfg["block_out_channels"]) == 4 and cfg["up_block_types"][2].startswith("CrossAttn")
+    with pytest.raises(ValueError, match="unknown"):
+        M.architecture("f8l9")

@@ -94,10 +94,81 @@ def upgrade_full_res_attention(unet):
     return new
 
 
-def build_demo_unet():
-    """A fresh (randomly initialised) UNet2DConditionModel with DEMO_UNET_CONFIG."""
+_DOWN4 = ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D")
+_UP4 = ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D")
+_COMMON = dict(layers_per_block=1, cross_attention_dim=CROSS_ATTENTION_DIM, attention_head_dim=8, norm_num_groups=32)
+
+
+def _unet_config(factor: int, channels: tuple, down: tuple, up: tuple, mid: str = "UNetMidBlock2DCrossAttn",
+                 **extra) -> dict:
+    return dict(sample_size=IMAGE_SIZE // factor, in_channels=3 * factor * factor, out_channels=3 * factor * factor,
+                block_out_channels=channels, down_block_types=down, up_block_types=up, mid_block_type=mid,
+                **{**_COMMON, **extra})
+
+
+ARCHITECTURES = {
+    # the shipped model: 16×16 → 8×8 (cross-attn) → 4×4; up_blocks[2] works at full latent resolution (16×16)
+    "f4l3": dict(factor=4, unet=DEMO_UNET_CONFIG),
+    # 4 levels, 16 → 8 (cross-attn) → 4 (cross-attn) → 2: up_blocks[2] is a cross-attention block working at
+    # 8×8 (upsampled to 16×16 at its end), a mid-resolution block as SD's up_blocks[2]; 11.7 M params, 23.5 MB
+    "f4l4": dict(factor=4, unet=_unet_config(4, (128, 128, 128, 160), _DOWN4, _UP4)),
+    # pixel_unshuffle ×2 (12×32×32 latents, a finer codec), 4 levels 32 → 16 (cross-attn) → 8 (cross-attn) → 4:
+    # up_blocks[2] is a cross-attention block at 16×16 whose output is 32×32 = half the image, as SD's at
+    # 512 px; 9.7 M params, 19.4 MB; about 1.5× the CPU cost of f4l3 per UNet call
+    "f2l4": dict(factor=2, unet=_unet_config(2, (64, 128, 128, 160), _DOWN4, _UP4)),
+    # for tests and smoke runs only: the f2l4 layout at 32 channels a level (0.6 M params)
+    "tiny": dict(factor=2, unet=_unet_config(2, (32, 32, 32, 32), _DOWN4, _UP4, attention_head_dim=4)),
+}
+"""Architectures `python -m dragnb.demo.train --arch NAME` can train: the codec factor and the UNet config.
+All keep `up_blocks[2]` as DragDiffusion's feature block (DragConfig.feature_block = 2) and a fixed prompt."""
+
+
+def architecture(name: str) -> dict:
+    if name not in ARCHITECTURES:
+        raise ValueError(f"architecture {name!r} is unknown: choose one of {sorted(ARCHITECTURES)}")
+    a = ARCHITECTURES[name]
+    return dict(factor=a["factor"], unet=dict(a["unet"]))
+
+
+def build_demo_unet(arch: str = "f4l3"):
+    """A fresh (randomly initialised) UNet2DConditionModel of architecture `arch` (default the shipped one)."""
     from diffusers import UNet2DConditionModel
-    return UNet2DConditionModel(**DEMO_UNET_CONFIG)
+    return UNet2DConditionModel(**architecture(arch)["unet"])
+
+
+def config_overrides_for(unet) -> dict:
+    """The DragConfig overrides a demo-layout model ships (dragnb_demo.json): DEMO_CONFIG_OVERRIDES with
+    `attn_start_layer` set to this UNet's first up-path transformer block (mutual self-attention on the
+    decoder only, as SD-1.5's 10 of 16)."""
+    from dragnb.attention import self_attention_modules
+    n_before_up = len(self_attention_modules(unet)) - sum(
+        1 for b in unet.up_blocks for n, m in b.named_modules() if n.endswith("attn1") and hasattr(m, "to_q"))
+    return {**DEMO_CONFIG_OVERRIDES, "attn_start_layer": n_before_up}
+
+
+def load_unet(unet_dir):
+    """The UNet of a demo-layout folder's unet/, built from its config and its weights (one
+    diffusion_pytorch_model.safetensors, or shards listed in diffusion_pytorch_model.safetensors.index.json),
+    float32, without recording the folder in the config (from_pretrained would add _name_or_path)."""
+    import json
+    from pathlib import Path
+
+    from diffusers import UNet2DConditionModel
+    from safetensors.torch import load_file
+    unet_dir = Path(unet_dir)
+    unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(unet_dir))
+    single, index = unet_dir / "diffusion_pytorch_model.safetensors", unet_dir / "diffusion_pytorch_model.safetensors.index.json"
+    if single.exists():
+        state = load_file(str(single))
+    elif index.exists():
+        state = {}
+        for shard in sorted(set(json.loads(index.read_text())["weight_map"].values())):
+            state.update(load_file(str(unet_dir / shard)))
+    else:
+        raise FileNotFoundError(f"{unet_dir} has no diffusion_pytorch_model.safetensors nor its .index.json: "
+                                "pass a folder written by `python -m dragnb.demo.train --out DIR`")
+    unet.load_state_dict(state)
+    return unet.float()
 
 
 def build_demo_scheduler():

@@ -1,12 +1,23 @@
-"""Train the shipped small model on the shape world.
+"""Train the demo model on the shape world, for a number of steps or a wall-clock budget.
 
     python -m dragnb.demo.train --out dragnb/demo/weights --steps 5000 --seed 0 [--batch 32] [--lr 3e-4]
+    python -m dragnb.demo.train --out OUT/weights --minutes 7 --arch f2l4 --figures OUT/figures   # on a GPU
 
-Fresh random scenes every step (seeded: scene seeds < 10**9, benchmark seeds are >= 10**9), v-prediction
-MSE, AdamW with warm-up then cosine decay, EMA of the weights (the EMA is what ships, in fp16). Every
-`--ckpt-minutes` the current EMA is written to `--out` in the layout `load_model("demo")` reads, so a
-usable model exists early; at the end, figures go to `--figures` (training curve, samples from noise,
-DDIM inversion round trip).
+Fresh random scenes every step (`--data torch`: drawn and rasterised by `dragnb.demo.world_torch` on the
+training device; `--data numpy`: `dragnb.demo.world` on the CPU, scene seeds < 10**9; benchmark seeds are
+>= 10**9), v-prediction MSE (optionally min-SNR-weighted, `--min-snr`, and with part of each batch's
+timesteps drawn below `--t-focus`), AdamW with warm-up then cosine decay, EMA of the weights (the EMA is
+what ships, in fp16, as safetensors shards under `--shard-size`). Every `--ckpt-minutes` the current EMA is
+written to `--out` in the layout `load_model(folder)` reads, so a usable model exists early; at the end,
+figures go to `--figures` (training curve, loss.csv, samples from noise, DDIM inversion round trip,
+summary.json with the x0 PSNR per noise level and the samples' shape fidelity).
+
+Wall-clock budget (`--minutes M`): the run stops when M minutes of training have passed (model building
+excluded, figures after it). The learning-rate schedule is a cosine over a step count fixed once, at the end
+of the warm-up: steps done + 0.97 × (time left / seconds per step measured over the second half of the
+warm-up, after any torch.compile). So the schedule reaches its floor near the end of the budget and never
+changes after it is set, and `training.reproduce` in dragnb_demo.json repeats the run as a plain
+`--steps N [--stop-after K]` command (same device type, same seed).
 """
 from __future__ import annotations
 
@@ -16,6 +27,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -68,17 +80,20 @@ def ddim_denoise(unet, x, emb, n_steps=50, k=50):
 
 
 # --------------------------------------------------------------------------------------------------
+# writing a weights folder and the figures
 
 
-def save_weights(out: Path, unet, prompt_embeds, info: dict) -> None:
-    """Write the shipped layout: unet/ (fp16 safetensors), scheduler/, prompt_embeds.safetensors, dragnb_demo.json."""
+def save_weights(out: Path, unet, prompt_embeds, info: dict, factor: int = M.FACTOR,
+                 overrides: dict | None = None, shard_size: str = "14MB") -> None:
+    """Write the demo layout: unet/ (fp16 safetensors, sharded so that no file exceeds `shard_size`),
+    scheduler/, prompt_embeds.safetensors, dragnb_demo.json (codec factor, DragConfig overrides, training)."""
     from safetensors.torch import save_file
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / "unet.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
     half = copy.deepcopy(unet).to("cpu", torch.float16)
-    half.save_pretrained(tmp, safe_serialization=True)
+    half.save_pretrained(tmp, safe_serialization=True, max_shard_size=shard_size)
     old = out / "unet.old"
     if old.exists():
         shutil.rmtree(old)
@@ -89,16 +104,21 @@ def save_weights(out: Path, unet, prompt_embeds, info: dict) -> None:
         shutil.rmtree(old)
     M.build_demo_scheduler().save_pretrained(out / "scheduler")
     save_file({"prompt_embeds": prompt_embeds.detach().float().cpu().contiguous()}, str(out / "prompt_embeds.safetensors"))
-    meta = {"codec": "pixel_unshuffle", "factor": M.FACTOR, "image_size": M.IMAGE_SIZE,
-            "config_overrides": dict(M.DEMO_CONFIG_OVERRIDES), "training": info}
+    meta = {"codec": "pixel_unshuffle", "factor": int(factor), "image_size": M.IMAGE_SIZE,
+            "config_overrides": dict(M.DEMO_CONFIG_OVERRIDES if overrides is None else overrides), "training": info}
     (out / "dragnb_demo.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
-def make_figures(unet, emb, losses, fig_dir: Path, device, seed: int = 0) -> dict:
-    """Training curve, 4×8 samples from noise (DDIM 50), inversion round trip (invert 35 of 50, denoise back)."""
+def make_figures(unet, emb, losses, fig_dir: Path, device, seed: int = 0, factor: int = M.FACTOR,
+                 n_samples: int = 64) -> dict:
+    """Training curve, samples from noise (DDIM 50) with their shape fidelity, x0 PSNR per noise level,
+    inversion round trip (invert 35 of 50, denoise back). Returns the figures' numbers (also summary.json)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from PIL import Image
+
+    from dragnb.demo import evaluate
     fig_dir.mkdir(parents=True, exist_ok=True)
     unet.eval()
     out = {}
@@ -112,16 +132,16 @@ def make_figures(unet, emb, losses, fig_dir: Path, device, seed: int = 0) -> dic
         ax.set_yscale("log"); ax.set_xlabel("step"); ax.set_ylabel("v-prediction MSE"); ax.legend()
         ax.set_title("dragnb demo model: training loss")
         fig.tight_layout(); fig.savefig(fig_dir / "training_curve.png", dpi=110); plt.close(fig)
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(32, 3 * M.FACTOR**2, M.IMAGE_SIZE // M.FACTOR, M.IMAGE_SIZE // M.FACTOR, generator=g).to(device)
-    imgs = M.tensor_to_uint8(M.decode(ddim_denoise(unet, x, emb, 50, 50)))
-    grid = np.concatenate([np.concatenate(list(imgs[r * 8:(r + 1) * 8]), 1) for r in range(4)], 0)
-    from PIL import Image
-    Image.fromarray(grid).resize((grid.shape[1] * 2, grid.shape[0] * 2), Image.NEAREST).save(fig_dir / "samples_from_noise.png")
+    rep = evaluate.prior_report(unet, unet._sched, emb, factor, n_samples=n_samples, seed=seed)
+    out["x0_psnr"] = {str(r["t"]): round(r["x0_psnr"], 2) for r in rep["x0_psnr"]}
+    if rep["samples"] is not None:
+        grid = evaluate.sample_grid(rep["samples"])
+        Image.fromarray(grid).resize((grid.shape[1] * 2, grid.shape[0] * 2), Image.NEAREST).save(fig_dir / "samples_from_noise.png")
+        out["shape_fidelity"] = {k: round(v, 4) if isinstance(v, float) else v for k, v in rep["fidelity"].items()}
     # inversion round trip on held-out scenes (seeds >= 10**9)
     src = np.stack([render(random_scene(10**9 + i)) for i in range(8)])
-    x0 = M.encode(M.uint8_to_tensor(src)).to(device)
-    rec = M.tensor_to_uint8(M.decode(ddim_denoise(unet, ddim_invert(unet, x0, emb, 50, 35), emb, 50, 35)))
+    x0 = M.encode(M.uint8_to_tensor(src), factor).to(device)
+    rec = M.tensor_to_uint8(M.decode(ddim_denoise(unet, ddim_invert(unet, x0, emb, 50, 35), emb, 50, 35), factor))
     ps = [psnr(a, b) for a, b in zip(src, rec)]
     out["roundtrip_psnr_mean"] = float(np.mean(ps))
     out["roundtrip_psnr_min"] = float(np.min(ps))
@@ -131,19 +151,41 @@ def make_figures(unet, emb, losses, fig_dir: Path, device, seed: int = 0) -> dic
         axes[0, i].axis("off"); axes[1, i].axis("off")
     fig.suptitle(f"DDIM inversion 35/50 then denoise back (top: input, bottom: reconstruction); mean {np.mean(ps):.1f} dB")
     fig.tight_layout(); fig.savefig(fig_dir / "inversion_roundtrip.png", dpi=100); plt.close(fig)
+    (fig_dir / "summary.json").write_text(json.dumps({**out, "x0_psnr_rows": rep["x0_psnr"]}, indent=1) + "\n")
     unet.train()
     return out
 
 
-def main(argv=None) -> None:
+# --------------------------------------------------------------------------------------------------
+# the run
+
+
+def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="dragnb/demo/weights")
-    p.add_argument("--steps", type=int, default=5000)
+    p.add_argument("--steps", type=int, default=None,
+                   help="optimizer steps (default 5000; with --minutes: an upper bound, default none)")
+    p.add_argument("--minutes", type=float, default=None,
+                   help="wall-clock budget of the training loop; the cosine schedule is fitted to it (see above)")
+    p.add_argument("--arch", default="f4l3", choices=sorted(M.ARCHITECTURES),
+                   help="UNet and codec (dragnb.demo.model.ARCHITECTURES; f4l3 = the shipped one)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--batch", type=int, default=None, help="default 32 on a CPU, 256 on a GPU")
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--warmup", type=int, default=200)
     p.add_argument("--ema", type=float, default=0.999)
+    p.add_argument("--data", choices=("auto", "torch", "numpy"), default="auto",
+                   help="scene source: torch (world_torch on the training device), numpy (world on the CPU, the "
+                        "shipped run's); auto = torch on a GPU, numpy on a CPU")
+    p.add_argument("--min-snr", type=float, default=0.0,
+                   help="min-SNR-gamma loss weighting (v-prediction: min(snr, gamma) / (snr + 1)); 0 = off")
+    p.add_argument("--t-focus", type=int, default=1000,
+                   help="with --t-focus-prob P: a fraction P of each batch draws t below this (the inversion "
+                        "strength's timestep: 681 at 0.7), the rest from the whole range")
+    p.add_argument("--t-focus-prob", type=float, default=0.0)
+    p.add_argument("--compile", action="store_true", help="torch.compile the training forward (off by default)")
+    p.add_argument("--shard-size", default="14MB", help="largest weights file (diffusers max_shard_size)")
+    p.add_argument("--samples", type=int, default=64, help="samples from noise for the figures and the fidelity")
     p.add_argument("--ckpt-minutes", type=float, default=10.0)
     p.add_argument("--figures", default="docs/demo_model", help="folder for the figures; 'none' skips them")
     p.add_argument("--threads", type=int, default=2)
@@ -161,120 +203,225 @@ def main(argv=None) -> None:
     p.add_argument("--stop-after", type=int, default=None,
                    help="stop after this many steps while keeping the learning-rate schedule of --steps")
     args = p.parse_args(argv)
-    if args.steps < 1:
+    if args.steps is not None and args.steps < 1:
         raise ValueError(f"--steps {args.steps} is invalid: use a positive number of optimizer steps")
-    if args.batch < 1:
+    if args.minutes is not None and not args.minutes > 0:
+        raise ValueError(f"--minutes {args.minutes} is invalid: use a positive budget in minutes")
+    if args.steps is None and args.minutes is None:
+        args.steps = 5000
+    if args.batch is not None and args.batch < 1:
         raise ValueError(f"--batch {args.batch} is invalid: use a batch size >= 1")
+    if not 0.0 <= args.t_focus_prob <= 1.0 or not 1 <= args.t_focus <= 1000:
+        raise ValueError(f"--t-focus {args.t_focus} --t-focus-prob {args.t_focus_prob} are invalid: "
+                         "use 1..1000 and a probability in [0, 1]")
+    if args.upgrade and not args.init:
+        raise ValueError(f"--upgrade {args.upgrade} changes an existing model: pass the folder to start from with --init")
+    return args
 
+
+def build_unet(args, device):
+    """(unet float32 on device, codec factor, init_info): fresh of `--arch`, or from `--init`'s folder."""
+    if not args.init:
+        return M.build_demo_unet(args.arch).to(device).train(), M.architecture(args.arch)["factor"], None
+    init_dir = Path(args.init)
+    if not (init_dir / "unet" / "config.json").exists():
+        raise FileNotFoundError(f"--init {init_dir}: no unet/ there; pass a folder written by dragnb.demo.train")
+    unet = M.load_unet(init_dir / "unet")
+    if args.upgrade == "attn16":
+        unet = M.upgrade_full_res_attention(unet)
+    meta_path = init_dir / "dragnb_demo.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    return unet.float().to(device).train(), int(meta.get("factor", M.FACTOR)), meta.get("training")
+
+
+def main(argv=None) -> dict:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    batch = args.batch or (256 if device.type == "cuda" else 32)
+    data = args.data if args.data != "auto" else ("torch" if device.type == "cuda" else "numpy")
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
-    gen = torch.Generator(device="cpu").manual_seed(args.seed)
+    gen = torch.Generator(device="cpu").manual_seed(args.seed)          # noise and t for --data numpy (as shipped)
+    gdev = torch.Generator(device=device).manual_seed(args.seed)       # everything for --data torch
 
-    init_info = None
-    if args.init:
-        from diffusers import UNet2DConditionModel
-        from safetensors.torch import load_file
-        init_dir = Path(args.init)
-        if not (init_dir / "unet" / "config.json").exists():
-            raise FileNotFoundError(f"--init {init_dir}: no unet/ there; pass a folder written by dragnb.demo.train")
-        # built from the folder's config and state dict rather than from_pretrained, which would record the
-        # folder in the config as _name_or_path and so in every folder this run writes
-        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(init_dir / "unet"))
-        unet.load_state_dict(load_file(str(init_dir / "unet" / "diffusion_pytorch_model.safetensors")))
-        if args.upgrade == "attn16":
-            unet = M.upgrade_full_res_attention(unet)
-        unet = unet.float().to(device).train()
-        meta_path = init_dir / "dragnb_demo.json"
-        init_info = json.loads(meta_path.read_text()).get("training") if meta_path.exists() else None
-    else:
-        if args.upgrade:
-            raise ValueError(f"--upgrade {args.upgrade} changes an existing model: "
-                             "pass the folder to start from with --init")
-        unet = M.build_demo_unet().to(device).train()
+    unet, factor, init_info = build_unet(args, device)
     ema = copy.deepcopy(unet).eval().requires_grad_(False)
     sched = M.build_demo_scheduler()
     unet._sched = ema._sched = sched  # used by the figure helpers
     ab = sched.alphas_cumprod.to(device)
     emb = M.make_prompt_embeds(0).to(device)
     opt = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=0.0)
+    fwd = torch.compile(unet) if args.compile else unet
+    overrides = M.config_overrides_for(unet)
+
+    budget = None if args.minutes is None else args.minutes * 60
+    cap = args.steps                      # None: only the budget stops the run
+    total = args.steps                    # the step count the cosine runs over (set after warm-up with a budget)
+    last = None if cap is None else (cap if args.stop_after is None else min(cap, args.stop_after))
 
     def lr_at(step):
         if step < args.warmup:
             return args.lr * (step + 1) / args.warmup
-        q = (step - args.warmup) / max(1, args.steps - args.warmup)
+        q = min(1.0, (step - args.warmup) / max(1, (total or step + 1) - args.warmup))
         return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * q)))
 
     n_params = sum(p.numel() for p in unet.parameters())
-    print(f"dragnb demo model: {n_params / 1e6:.2f} M params, device {device}, {args.steps} steps, batch {args.batch}", flush=True)
+    dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({args.threads} threads)"
+    print(f"dragnb demo model: {n_params / 1e6:.2f} M params ({args.init or args.arch}, pixel_unshuffle x{factor}), "
+          f"{dev_name}, batch {batch}, data {data}, "
+          + (f"budget {args.minutes} min" if budget else f"{args.steps} steps"), flush=True)
     out, fig_dir = Path(args.out), None if args.figures == "none" else Path(args.figures)
     losses: list[tuple[int, float]] = []
-    t0 = last_ckpt = time.time()
     ema_params, params = list(ema.parameters()), list(unet.parameters())
+    bad_in_a_row = skipped = 0
+    fixed = False                         # the budget's schedule length is set
+    marks: list[tuple[int, float]] = []   # (steps done, seconds) during the warm-up, for the step-time estimate
+    t0 = last_ckpt = time.time()
 
     def info(step):
         recent = [l for _, l in losses[-200:]]
-        return {"seed": args.seed, "steps": step, "batch": args.batch, "lr": args.lr, "ema": args.ema,
-                "precision": args.precision,
-                "minutes": round((time.time() - t0) / 60, 1), "device": str(device) if device.type != "cpu"
-                else f"cpu ({args.threads} threads)", "final_loss": round(float(np.mean(recent)), 5) if recent else None,
-                "command": f"python -m dragnb.demo.train --out {args.out} --steps {args.steps} --seed {args.seed} "
-                           f"--batch {args.batch} --lr {args.lr} --precision {args.precision} --threads {args.threads}"
-                           + ("" if args.init is None else f" --init {args.init}")
-                           + ("" if args.upgrade is None else f" --upgrade {args.upgrade}")
-                           + ("" if args.stop_after is None else f" --stop-after {args.stop_after}"),
-                "init_from": init_info}
+        el = time.time() - t0
+        reproduce = (["python -m dragnb.demo.train"] + [a for a in _drop_opt(argv, "--minutes")]
+                     + ([] if "--steps" in argv else [f"--steps {total}"])
+                     + ([] if step >= (total or 0) or "--stop-after" in argv else [f"--stop-after {step}"]))
+        return {"seed": args.seed, "steps": step, "batch": batch, "lr": args.lr, "ema": args.ema,
+                "precision": args.precision, "arch": None if args.init else args.arch, "factor": factor,
+                "data": data, "min_snr": args.min_snr, "t_focus": args.t_focus, "t_focus_prob": args.t_focus_prob,
+                "compile": args.compile, "budget_minutes": args.minutes, "schedule_steps": total,
+                "skipped_steps": skipped, "params_M": round(n_params / 1e6, 2),
+                "minutes": round(el / 60, 1), "s_per_step": round(el / max(1, step), 4),
+                "device": dev_name, "final_loss": round(float(np.mean(recent)), 5) if recent else None,
+                "command": " ".join(["python -m dragnb.demo.train"] + argv),
+                "reproduce": " ".join(reproduce), "init_from": init_info}
 
     def save_losses():
         if fig_dir is not None:
             fig_dir.mkdir(parents=True, exist_ok=True)
-            np.savetxt(fig_dir / "loss.csv", np.array(losses), delimiter=",", header="step,loss", fmt=["%d", "%.5f"])
+            np.savetxt(fig_dir / "loss.csv", np.array(losses).reshape(-1, 2), delimiter=",", header="step,loss",
+                       fmt=["%d", "%.5f"])
 
-    last = args.steps if args.stop_after is None else min(args.steps, args.stop_after)
-    for step in range(last):
-        imgs = random_batch(rng, args.batch)
-        flip = rng.random(args.batch) < 0.5
-        imgs[flip] = imgs[flip][:, :, ::-1]
-        x0 = M.encode(M.uint8_to_tensor(imgs)).to(device)
-        noise = torch.randn(x0.shape, generator=gen).to(device)
-        t = torch.randint(0, sched.config.num_train_timesteps, (args.batch,), generator=gen).to(device)
+    step = 0
+    while True:
+        el = time.time() - t0
+        if (last is not None and step >= last) or (budget is not None and el >= budget):
+            break
+        # 1. scenes -> clean latents x0 (B, 3f², 64/f, 64/f), half of them mirrored
+        if data == "torch":
+            from dragnb.demo import world_torch
+            imgs = world_torch.random_batch(batch, gdev).permute(0, 3, 1, 2)         # (B, 3, H, W) uint8
+            flip = torch.rand(batch, generator=gdev, device=device) < 0.5
+            imgs = torch.where(flip.view(-1, 1, 1, 1), imgs.flip(-1), imgs)
+            x0 = M.encode(imgs.float() / 127.5 - 1.0, factor)
+            noise = torch.randn(x0.shape, generator=gdev, device=device)
+            t = torch.randint(0, sched.config.num_train_timesteps, (batch,), generator=gdev, device=device)
+            if args.t_focus_prob > 0:
+                low = torch.randint(0, args.t_focus, (batch,), generator=gdev, device=device)
+                t = torch.where(torch.rand(batch, generator=gdev, device=device) < args.t_focus_prob, low, t)
+        else:
+            imgs = random_batch(rng, batch)
+            flip = rng.random(batch) < 0.5
+            imgs[flip] = imgs[flip][:, :, ::-1]
+            x0 = M.encode(M.uint8_to_tensor(imgs), factor).to(device)
+            noise = torch.randn(x0.shape, generator=gen).to(device)
+            t = torch.randint(0, sched.config.num_train_timesteps, (batch,), generator=gen)
+            if args.t_focus_prob > 0:
+                low = torch.randint(0, args.t_focus, (batch,), generator=gen)
+                t = torch.where(torch.rand(batch, generator=gen) < args.t_focus_prob, low, t)
+            t = t.to(device)
+        # 2. noised latents and the v target
         a = ab[t].view(-1, 1, 1, 1)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
         v = a.sqrt() * noise - (1 - a).sqrt() * x0
+        # 3. prediction, loss (per-sample MSE, optionally min-SNR weighted)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16"):
-            pred = unet(xt, t, emb.expand(args.batch, -1, -1)).sample
-        loss = torch.nn.functional.mse_loss(pred.float(), v)
-        if not torch.isfinite(loss):
-            raise RuntimeError(f"loss is {loss.item()} at step {step}: lower --lr (now {args.lr})")
+            pred = fwd(xt, t, emb.expand(batch, -1, -1)).sample
+        per = ((pred.float() - v) ** 2).mean(dim=(1, 2, 3))
+        mse = per.mean()
+        if args.min_snr > 0:
+            snr = a.view(-1) / (1 - a.view(-1))
+            loss = (per * snr.clamp(max=args.min_snr) / (snr + 1)).mean()
+        else:
+            loss = mse
+        # 4. update (a non-finite loss skips the step; ten in a row end the run with the EMA so far)
         for g_ in opt.param_groups:
             g_["lr"] = lr_at(step)
         opt.zero_grad(set_to_none=True)
+        mse_v = float(mse.item())
+        if not math.isfinite(mse_v) or not torch.isfinite(loss):
+            skipped += 1
+            bad_in_a_row += 1
+            print(f"step {step + 1}: loss is {mse_v}, update skipped ({bad_in_a_row} in a row)", flush=True)
+            if bad_in_a_row >= 10:
+                print(f"ten non-finite losses in a row at step {step + 1}: stopping; lower --lr (now {args.lr})",
+                      flush=True)
+                break
+            step += 1
+            continue
+        bad_in_a_row = 0
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         d = min(args.ema, (1 + step) / (10 + step))
         with torch.no_grad():
             torch._foreach_lerp_(ema_params, params, 1 - d)
-        losses.append((step + 1, float(loss.item())))
-        if (step + 1) % args.log_every == 0 or step == 0:
+        step += 1
+        losses.append((step, mse_v))
+        # 5. with a budget: fix the schedule's length once, at the end of the warm-up
+        if budget is not None and not fixed:
+            if step > args.warmup // 2:
+                marks.append((step, time.time() - t0))
+            if step >= args.warmup:
+                now = time.time() - t0
+                first = marks[0] if len(marks) > 1 else (0, 0.0)
+                per_step = (now - first[1]) / max(1, step - first[0])
+                est = step + int(0.97 * max(0.0, budget - now) / max(per_step, 1e-9))
+                total = est if cap is None else min(cap, est)
+                last = total if last is None else min(last, total)
+                fixed = True
+                print(f"budget {args.minutes} min: {per_step:.3f} s/step after the warm-up -> cosine over {total} steps",
+                      flush=True)
+        if step % args.log_every == 0 or step == 1:
             el = time.time() - t0
             recent = np.mean([l for _, l in losses[-args.log_every:]])
-            print(f"step {step + 1}/{args.steps} loss {recent:.4f} lr {lr_at(step):.2e} "
-                  f"{el / (step + 1):.3f} s/step elapsed {el / 60:.1f} min "
-                  f"eta {(last - step - 1) * el / (step + 1) / 60:.1f} min", flush=True)
-        if time.time() - last_ckpt > args.ckpt_minutes * 60 and step + 1 < last:
-            save_weights(out, ema, emb, info(step + 1))
+            left = (budget - el) if budget is not None else (last - step) * el / step
+            print(f"step {step}/{total or '?'} loss {recent:.4f} lr {lr_at(step - 1):.2e} "
+                  f"{el / step:.3f} s/step elapsed {el / 60:.1f} min left {left / 60:.1f} min", flush=True)
+        if time.time() - last_ckpt > args.ckpt_minutes * 60:
+            save_weights(out, ema, emb, info(step), factor, overrides, args.shard_size)
             save_losses()
-            print(f"checkpoint at step {step + 1} -> {out}", flush=True)
+            print(f"checkpoint at step {step} -> {out}", flush=True)
             last_ckpt = time.time()
 
-    final = info(last)
+    final = info(step)
+    print(f"trained {step} steps in {final['minutes']} min ({final['s_per_step']} s/step, "
+          f"{batch / max(final['s_per_step'], 1e-9):.0f} samples/s)", flush=True)
     if fig_dir is not None:
-        final.update(make_figures(ema, emb, losses, fig_dir, device, args.seed))
-    save_weights(out, ema, emb, final)
+        t_fig = time.time()
+        final.update(make_figures(ema, emb, losses, fig_dir, device, args.seed, factor, args.samples))
+        print(f"figures in {time.time() - t_fig:.0f} s -> {fig_dir}", flush=True)
+    save_weights(out, ema, emb, final, factor, overrides, args.shard_size)
     save_losses()
     print(json.dumps(final, indent=2), flush=True)
+    return final
+
+
+def _drop_opt(argv: list[str], name: str) -> list[str]:
+    """argv without option `name` and its value (either `--name v` or `--name=v`)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == name:
+            skip = True
+        elif not a.startswith(name + "="):
+            out.append(a)
+    return out
 
 
 if __name__ == "__main__":

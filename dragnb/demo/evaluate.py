@@ -1,0 +1,106 @@
+"""Measures of a demo-layout model's prior, shared by `dragnb.demo.train` and `benchmarks/bench_denoiser.py`.
+
+* `x0_psnr_by_level`: one UNet call on held-out scenes (world seeds 10**9 ...) noised to each of TIMESTEPS;
+  the PSNR of the predicted x0 (a model that drags well must denoise well around the drag timestep,
+  t = 681 at the default strength 0.7).
+* `samples_from_noise`: DDIM samples from pure noise (the whole schedule), as uint8 images.
+* `prior_report`: both, plus the shape fidelity of the samples (`dragnb.demo.fidelity`).
+
+Everything takes the bare pieces (unet, scheduler, prompt embedding, codec factor) so it runs on any
+device, inside a training run as well as on a loaded `DragModel`.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from dragnb import ddim
+from dragnb.demo import model as M
+from dragnb.demo.world import random_scene, render
+from dragnb.metrics import psnr
+
+TIMESTEPS = (10, 50, 100, 200, 400, 600, 681, 800, 950)
+HELD_OUT_SEED0 = 10**9
+
+
+def _unet_fn(unet, emb):
+    def fn(x, t):
+        return unet(x, torch.full((x.shape[0],), int(t), device=x.device), emb.expand(x.shape[0], -1, -1)).sample.float()
+    return fn
+
+
+@torch.no_grad()
+def x0_psnr_by_level(unet, sched, emb, factor: int, n: int = 16, timesteps=TIMESTEPS, seed: int = 0) -> list[dict]:
+    """[{t, abar, v_mse, x0_psnr}] for each timestep: n held-out scenes noised to t with a fixed generator,
+    x0 predicted in one UNet call (any prediction type) against the clean scene (PSNR in dB, uint8 images)."""
+    dev = next(unet.parameters()).device
+    src = np.stack([render(random_scene(HELD_OUT_SEED0 + i)) for i in range(n)])
+    x0 = F.pixel_unshuffle(M.uint8_to_tensor(src), factor)
+    g = torch.Generator().manual_seed(seed)
+    fn = _unet_fn(unet, emb.to(dev))
+    rows = []
+    for t in timesteps:
+        a = ddim.alpha_bar(sched, t)
+        noise = torch.randn(x0.shape, generator=g)
+        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        out = fn(xt.to(dev), t).cpu()
+        x0p, _ = ddim.predict_x0_eps(sched, out, xt, t)
+        row = dict(t=int(t), abar=float(a))
+        if sched.config.prediction_type == "v_prediction":
+            row["v_mse"] = float(((out - (a.sqrt() * noise - (1 - a).sqrt() * x0)) ** 2).mean())
+        rec = M.tensor_to_uint8(F.pixel_shuffle(x0p, factor))
+        row["x0_psnr"] = float(np.mean([psnr(r, s) for r, s in zip(rec, src)]))
+        rows.append(row)
+    return rows
+
+
+@torch.no_grad()
+def samples_from_noise(unet, sched, emb, factor: int, n: int = 64, seed: int = 0, n_steps: int = 50,
+                       batch: int = 64, size: int = M.IMAGE_SIZE) -> np.ndarray:
+    """(n, size, size, 3) uint8: DDIM (eta 0, n_steps) from N(0, 1) latents drawn with `seed`."""
+    dev = next(unet.parameters()).device
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, 3 * factor * factor, size // factor, size // factor, generator=g)
+    fn = _unet_fn(unet, emb.to(dev))
+    out = []
+    for i in range(0, n, batch):
+        x = ddim.sample(fn, sched, z[i:i + batch].to(dev), n_steps)[-1]
+        out.append(M.tensor_to_uint8(F.pixel_shuffle(x.float().cpu(), factor)))
+    return np.concatenate(out)
+
+
+def sample_grid(images: np.ndarray, cols: int = 8) -> np.ndarray:
+    """Tile (n, H, W, 3) images into one (rows·H, cols·W, 3) array (missing tiles black)."""
+    n, h, w, _ = images.shape
+    rows = -(-n // cols)
+    grid = np.zeros((rows * h, cols * w, 3), np.uint8)
+    for i, im in enumerate(images):
+        r, c = divmod(i, cols)
+        grid[r * h:(r + 1) * h, c * w:(c + 1) * w] = im
+    return grid
+
+
+def prior_report(unet, sched, emb, factor: int, n_levels: int = 16, n_samples: int = 64, seed: int = 0) -> dict:
+    """x0 PSNR by noise level, samples from noise and their shape fidelity:
+    {"x0_psnr": [rows], "fidelity": {...}, "samples": uint8 array}."""
+    from dragnb.demo.fidelity import shape_fidelity
+    was_training = unet.training
+    unet.eval()
+    try:
+        rows = x0_psnr_by_level(unet, sched, emb, factor, n=n_levels, seed=seed)
+        imgs = samples_from_noise(unet, sched, emb, factor, n=n_samples, seed=seed) if n_samples else None
+    finally:
+        unet.train(was_training)
+    fid = shape_fidelity(imgs) if imgs is not None else None
+    return {"x0_psnr": rows, "fidelity": fid, "samples": imgs}
+
+
+def format_levels(rows: list[dict]) -> str:
+    """A markdown table of x0_psnr_by_level's rows."""
+    has_v = all("v_mse" in r for r in rows)
+    lines = ["| t | abar | " + ("v MSE | " if has_v else "") + "x0 PSNR dB (one call) |",
+             "|---|---|" + ("---|" if has_v else "") + "---|"]
+    for r in rows:
+        lines.append(f"| {r['t']} | {r['abar']:.3f} | " + (f"{r['v_mse']:.4f} | " if has_v else "") + f"{r['x0_psnr']:.1f} |")
+    return "\n".join(lines)

@@ -1,0 +1,91 @@
+"""dragnb.demo.train with a wall-clock budget, the torch data path and the GPU command (benchmarks/gpu_train.sh),
+all on a tiny architecture on the CPU: what the one prepared GPU call will run, in seconds."""
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _tiny_args(out: Path, *extra: str) -> list[str]:
+    return ["--out", str(out / "w"), "--arch", "tiny", "--batch", "2", "--warmup", "3", "--data", "torch",
+            "--precision", "fp32", "--threads", "1", "--log-every", "5", "--min-snr", "5", "--t-focus", "700",
+            "--t-focus-prob", "0.5", *extra]
+
+
+def test_budgeted_run_stops_in_time_and_reproduces_as_a_step_count(tmp_path):
+    """--minutes: the run stops on the clock, the cosine is fitted after the warm-up (schedule_steps), the folder
+    loads, the figures' summary carries the x0 PSNR per level and the samples' shape fidelity; the recorded
+    `reproduce` command (a plain --steps/--stop-after run) gives the same EMA weights bit for bit."""
+    from dragnb import load_model
+    from dragnb.demo import train
+    from dragnb.demo.model import load_unet
+    t0 = time.time()
+    rec = train.main(_tiny_args(tmp_path, "--minutes", "0.04", "--figures", str(tmp_path / "fig"), "--samples", "4",
+                                "--shard-size", "300KB"))
+    assert time.time() - t0 < 60
+    assert rec["budget_minutes"] == 0.04 and rec["steps"] >= 3 and rec["schedule_steps"] >= 3
+    assert rec["steps"] <= rec["schedule_steps"] and rec["skipped_steps"] == 0
+    assert rec["arch"] == "tiny" and rec["factor"] == 2 and rec["data"] == "torch"
+    summary = json.loads((tmp_path / "fig" / "summary.json").read_text())
+    assert set(summary["x0_psnr"]) >= {"200", "681", "950"} and 0 <= summary["shape_fidelity"]["fidelity"] <= 1
+    for f in ("loss.csv", "training_curve.png", "samples_from_noise.png", "inversion_roundtrip.png"):
+        assert (tmp_path / "fig" / f).exists(), f
+    meta = json.loads((tmp_path / "w" / "dragnb_demo.json").read_text())
+    assert meta["factor"] == 2 and meta["training"]["x0_psnr"] == summary["x0_psnr"]
+    assert len(list((tmp_path / "w" / "unet").glob("*.safetensors"))) >= 2          # sharded
+    assert load_model(tmp_path / "w", device="cpu").codec_factor == 2
+    # the same run as a step count
+    cmd = shlex.split(rec["reproduce"])
+    assert cmd[:3] == ["python", "-m", "dragnb.demo.train"] and "--minutes" not in cmd and "--steps" in cmd
+    again = cmd[3:]
+    again[again.index("--out") + 1] = str(tmp_path / "again")
+    again[again.index("--figures") + 1] = "none"
+    rec2 = train.main(again)
+    assert rec2["steps"] == rec["steps"]
+    a, b = load_unet(tmp_path / "w" / "unet").state_dict(), load_unet(tmp_path / "again" / "unet").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_bad_budget_and_timestep_flags_raise():
+    from dragnb.demo import train
+    with pytest.raises(ValueError, match="--minutes"):
+        train.main(["--minutes", "0", "--figures", "none"])
+    with pytest.raises(ValueError, match="--t-focus"):
+        train.main(["--t-focus-prob", "2", "--figures", "none"])
+    with pytest.raises(SystemExit):
+        train.main(["--arch", "nonesuch"])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_gpu_train_script_smoke_on_cpu(tmp_path):
+    """benchmarks/gpu_train.sh end to end on the CPU with a 0.05-minute budget, the tiny architecture and a
+    one-case quality run: at most 8 files come back, each under 16 MiB, and --unpack rebuilds a loadable folder."""
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHON": sys.executable, "ARCH": "tiny", "BATCH": "2", "WARMUP": "3", "THREADS": "1",
+           "DEVICE": "cpu", "QUALITY_N": "1", "QUALITY_WORKERS": "1", "QUALITY_THREADS": "1",
+           "QUALITY_ARGS": "--quick", "TRAIN_ARGS": "--samples 4 --shard-size 800KB", "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_train.sh"), str(out), "0.05"], env=env,
+                       capture_output=True, text=True, timeout=230)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert 4 <= len(files) <= 8, [str(p) for p in files]
+    assert len(list((out / "unet").glob("*.safetensors"))) == 2          # the tiny model's 1.4 MB in 800 KB shards
+    assert all(p.stat().st_size < 16 * 2**20 for p in files)
+    assert all(len(p.relative_to(out).parts) <= 3 for p in files)        # $OUT/a/b/file at most
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["factor"] == 2 and summary["training"]["arch"] == "tiny" and "quality" in summary
+    r = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_train.sh"), "--unpack", str(out), str(tmp_path / "w")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    from dragnb import load_model
+    assert load_model(tmp_path / "w", device="cpu").codec_factor == 2
+    assert (tmp_path / "w_results" / "figures" / "summary.json").exists()
