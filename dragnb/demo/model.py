@@ -9,6 +9,10 @@ to_q/to_k/to_v/to_out.0 and mutual self-attention apply as on Stable Diffusion) 
 The prompt is fixed: `prompt_embeds` (1, L, D) drawn once from a seeded normal distribution.
 Training target: v-prediction with the `squaredcos_cap_v2` schedule (epsilon + linear betas gave a
 model that could invert but not sample, see /work/shared/FACTS.md).
+
+`ARCHITECTURES` lists what `python -m dragnb.demo.train --arch NAME` can train (the shipped one is "f4l3");
+a trained folder records its codec factor and DragConfig overrides in dragnb_demo.json, which
+`load_model(folder)` reads, so FACTOR below is the shipped model's, not every model's.
 """
 from __future__ import annotations
 
