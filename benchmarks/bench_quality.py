@@ -43,12 +43,27 @@ METHODS = {
     "patch tracker (track_patch=2)": dict(track_patch=2),
     "r_m=3 (7x7-cell patch)": dict(r_m=3),
     "r_m=5 (11x11-cell patch)": dict(r_m=5),
+    "DragDiffusion (official loop)": dict(method="dragdiffusion"),
+    "GoodDrag (alternating drag and denoise)": dict(method="gooddrag"),
+    "restricted tracking": dict(restrict_tracking=True),
+    "warp init 0.5": dict(warp_init=0.5),
+    "auto mask (no painted mask)": dict(auto_mask=True, _no_mask=True),
+    "no painted mask": dict(_no_mask=True),
+    "conv LoRA (attention+conv)": dict(lora_targets="attention+conv"),
+    "GoodDrag + restricted tracking": dict(method="gooddrag", restrict_tracking=True),
+    "GoodDrag + warp init 0.5": dict(method="gooddrag", warp_init=0.5),
+    "GoodDrag + conv LoRA": dict(method="gooddrag", lora_targets="attention+conv"),
 }
 SHORT = {"full": "full", "nolora": "no LoRA (lora_steps=0)", "nomask": "no mask term (lam=0)",
          "nomutual": "no mutual self-attention", "steps20": "20 drag steps",
          "lora40": "LoRA 40 steps, lr 5e-4", "lora80": "official LoRA (80 steps, lr 5e-4)",
          "lora40lr": "LoRA 40 steps, lr 1e-3", "lorab2": "LoRA batch 2", "trackpatch": "patch tracker (track_patch=2)",
-         "rm3": "r_m=3 (7x7-cell patch)", "rm5": "r_m=5 (11x11-cell patch)"}
+         "rm3": "r_m=3 (7x7-cell patch)", "rm5": "r_m=5 (11x11-cell patch)",
+         "dragdiffusion": "DragDiffusion (official loop)", "gooddrag": "GoodDrag (alternating drag and denoise)",
+         "restrict": "restricted tracking", "warp": "warp init 0.5", "automask": "auto mask (no painted mask)",
+         "nopaint": "no painted mask", "convlora": "conv LoRA (attention+conv)",
+         "gd_restrict": "GoodDrag + restricted tracking", "gd_warp": "GoodDrag + warp init 0.5",
+         "gd_convlora": "GoodDrag + conv LoRA"}
 
 
 def run_methods(model, case, overrides_list: list[dict], seed: int = 0) -> list[tuple]:
@@ -62,14 +77,16 @@ def run_methods(model, case, overrides_list: list[dict], seed: int = 0) -> list[
     from dragnb import DragSession
     out, s = [], None
     for ov in overrides_list:
+        ov = dict(ov)
+        painted = None if ov.pop("_no_mask", False) else case.mask    # `_no_mask`: the user painted nothing
         cfg = model.default_config(**ov)
         if s is None:
             s = DragSession(model, case.image, seed=seed, config=cfg)
             s.add_drag(handle=case.handle, target=case.target)
-            s.set_mask(case.mask)
         else:
             s.configure(**cfg.to_dict())
             s.reset()
+        s.set_mask(painted)
         t0 = time.perf_counter()
         s.prepare(progress=False)
         s.run(progress=False)

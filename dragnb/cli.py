@@ -136,6 +136,16 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--lam", type=float, default=None, help="weight of the masked term (default 0.1)")
     e.add_argument("--inversion-strength", type=float, default=None, help="fraction inverted (default 0.7)")
     e.add_argument("--no-mutual-attention", action="store_true", help="plain denoising at the end")
+    from .methods import available
+    e.add_argument("--method", default=None, choices=available(),
+                   help="drag method (default: the model's, 'dragdiffusion' for SD); 'gooddrag' alternates drag "
+                        "and denoising with its own defaults")
+    e.add_argument("--restrict-tracking", action="store_true",
+                   help="tracking never moves a handle farther from its target")
+    e.add_argument("--warp-init", type=float, default=None, metavar="F",
+                   help="start with the handles' content moved this fraction (0-1) toward the targets, in the mask")
+    e.add_argument("--auto-mask", action="store_true", help="without --mask, make one from the drag paths")
+    e.add_argument("--conv-lora", action="store_true", help="LoRA on the resnet convolutions too")
     e.add_argument("--seed", type=int, default=0, help="seed of the LoRA fine-tune (default 0)")
     e.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     e.add_argument("--dtype", default=None, type=_dtype_name,
@@ -168,6 +178,8 @@ def check_edit(a):
     Returns (image, mask) read once, so the session does not read them again."""
     from .coords import Geometry, load_image, load_mask
     _check_new_file(a.out, "--out", IMAGE_EXTENSIONS)
+    if a.warp_init is not None and not 0.0 <= a.warp_init <= 1.0:
+        raise ValueError(f"--warp-init {a.warp_init}: give a fraction from 0 to 1 (0.5 moves the content half way)")
     record = os.path.splitext(a.out)[0] + ".json"
     if os.path.isdir(record):
         raise ValueError(f"--out {a.out!r}: its record {record!r} would overwrite a folder: choose another name")
@@ -194,6 +206,11 @@ def cmd_edit(a) -> int:
                                      inversion_strength=a.inversion_strength).items() if v is not None}
     if a.no_mutual_attention:
         changes["mutual_attention"] = False
+    for flag, key, value in ((a.method, "method", a.method), (a.restrict_tracking, "restrict_tracking", True),
+                             (a.warp_init is not None, "warp_init", a.warp_init), (a.auto_mask, "auto_mask", True),
+                             (a.conv_lora, "lora_targets", "attention+conv")):
+        if flag:
+            changes[key] = value
     s = DragSession(model, image, prompt=a.prompt, seed=a.seed, config=model.default_config(**changes))
     for h, t in a.drag:
         s.add_drag(h, t)

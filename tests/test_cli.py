@@ -39,6 +39,19 @@ def test_edit_writes_image_and_record(tmp_path):
     assert (tmp_path / "s.dragnb").exists()
 
 
+def test_edit_with_another_method_and_addons(tmp_path):
+    img = np.zeros((32, 32, 3), np.uint8); img[10:20, 5:15] = (255, 0, 0)
+    Image.fromarray(img).save(tmp_path / "in.png")
+    out = tmp_path / "gd.png"
+    rc = main(["edit", str(tmp_path / "in.png"), "--drag", "10,15:22,15", "--model", "tiny", "--steps", "3",
+               "--lora-steps", "0", "--method", "gooddrag", "--restrict-tracking", "--warp-init", "0.3",
+               "--auto-mask", "--out", str(out)])
+    assert rc == 0
+    cfg = json.loads((tmp_path / "gd.json").read_text())["config"]
+    assert (cfg["method"], cfg["inversion_strength"], cfg["restrict_tracking"], cfg["warp_init"], cfg["auto_mask"]) \
+        == ("gooddrag", 0.75, True, 0.3, True)
+
+
 def test_bad_input_is_one_clear_line(tmp_path, capsys):
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "in.png")
     rc = main(["edit", str(tmp_path / "in.png"), "--drag", "100,15:22,15", "--model", "tiny", "--out",
@@ -116,6 +129,8 @@ def test_bad_options_are_one_line(files, capsys, no_model_work):
     one_line_error(capsys, main(["edit", str(files / "in.png"), "--out", "o.png"]), "--drag")  # required
     one_line_error(capsys, main(["bench", "--dtype", "half"]), "'half' is not a dtype")
     one_line_error(capsys, main(["frobnicate"]), "invalid choice")
+    one_line_error(capsys, edit(files, "--method", "nope"), "invalid choice")
+    one_line_error(capsys, edit(files, "--warp-init", "1.5"), "--warp-init 1.5")
     one_line_error(capsys, edit(files, "--drag", "5,5:40,5"), "target (40, 5) is outside the 32×32 image")
 
 
