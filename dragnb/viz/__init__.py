@@ -13,10 +13,12 @@ Drags are drawn in the one vocabulary of :mod:`dragnb.drawing` (palette ``DRAG_C
 counted from 1); what tracking sees is :func:`dragnb.drag.tracking_distance`, not a copy of it.
 
 The package: ``core`` (shared pieces, the drag renderer, the tracking map), ``figures`` (the
-``plot_*`` functions), ``animation`` (``PreviewRecorder``, ``animate_edit``). It imports matplotlib,
+``plot_*`` functions), ``animation`` (``PreviewRecorder``, ``animate_edit``), ``compare`` (methods side by side,
+per-timestep previews). It imports matplotlib,
 numpy, PIL and (lazily) torch only; never pyplot, never a Jupyter package.
 """
 from .animation import PreviewRecorder, animate_edit
+from .compare import TimestepPreviews, plot_methods, plot_timestep_previews
 from .core import (DRAG_COLORS, VizFigure, draw_drags, figure_to_png, pca_rgb, psnr, similarity_map, tracking_map,
                    tracking_window)
 from .figures import (plot_before_after, plot_features, plot_inversion_check, plot_loss, plot_similarity,
@@ -26,4 +28,5 @@ __all__ = [
     "DRAG_COLORS", "draw_drags", "pca_rgb", "tracking_map", "similarity_map", "tracking_window", "psnr",
     "plot_features", "plot_similarity", "plot_trajectories", "plot_loss", "plot_before_after",
     "plot_inversion_check", "PreviewRecorder", "animate_edit", "figure_to_png", "VizFigure",
+    "plot_methods", "plot_timestep_previews", "TimestepPreviews",
 ]

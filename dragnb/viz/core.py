@@ -195,7 +195,8 @@ def records(session_or_history) -> list:
     out = []
     for i, r in enumerate(hist):
         d = dict(r) if isinstance(r, dict) else {k: getattr(r, k) for k in
-                                                 ("step", "loss", "motion_loss", "mask_loss", "handles")
+                                                 ("step", "loss", "motion_loss", "mask_loss", "handles",
+                                                  "t_index", "timestep")
                                                  if hasattr(r, k)}
         d.setdefault("step", i + 1)
         out.append(d)

@@ -177,7 +177,8 @@ def plot_loss(session_or_history, *, figsize=None) -> Figure:
     """Loss per step: total, motion-supervision term and mask term on separate axes (their scales differ).
 
     session_or_history: a DragSession, or a list of StepRecords / dicts with ``step``, ``loss``,
-    ``motion_loss``, ``mask_loss``.
+    ``motion_loss``, ``mask_loss`` (and ``t_index``/``timestep``: where a method moves to the next timestep,
+    as GoodDrag does, a dotted line marks the change and the timestep is written above it).
     """
     recs = records(session_or_history)
     steps = np.array([r["step"] for r in recs], dtype=float)
@@ -192,6 +193,12 @@ def plot_loss(session_or_history, *, figsize=None) -> Figure:
         ax.set_xlabel("step")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
+    for prev, r in zip(recs, recs[1:]):   # the method moved to the next timestep between these two steps
+        if r.get("t_index") is not None and r.get("t_index") != prev.get("t_index"):
+            for ax in axes:
+                ax.axvline(r["step"] - 0.5, color="gray", ls=":", lw=1)
+            axes[0].annotate(f"t={r.get('timestep')}", (r["step"] - 0.5, 1.0), xycoords=("data", "axes fraction"),
+                             fontsize=7, color="gray", ha="left", va="top")
     if not recs:
         for ax in axes:
             ax.text(0.5, 0.5, "no steps yet", ha="center", va="center", transform=ax.transAxes)
