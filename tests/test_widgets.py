@@ -341,9 +341,10 @@ def test_session_changes_reach_the_canvas(session):
 
 def test_bad_input_becomes_a_status_message(session):
     e = DragEditor(session)
-    e.buttons["run"].click()                      # no drags yet
+    e.buttons["run"].click()                      # no drags yet: refused before any LoRA training, in words
     assert e.wait(30)
-    assert "no drags" in e.status_text and session.n_steps == 0 and not e.busy
+    assert "no drag yet" in e.status_text and "Points mode" in e.status_text and "add_drag" not in e.status_text
+    assert session.n_steps == 0 and not e.busy and session.counters["lora_trainings"] == 0
     e.canvas.handle_mouse_down(-10, 5)
     assert "outside" in e.status_text
     e.settings["r_p"].value = 0                   # out of range: refused, the widget shows the session's value
@@ -430,3 +431,207 @@ def test_run_stop_step_resume_reset(session):
     assert e.drag_progress.value == 2 and e.result_view.drags == list(zip(session.handles, session.targets))
     session.reset()
     assert e.drag_progress.value == 0 and e.result_view.drags == [((16.0, 32.0), (44.0, 32.0))]
+
+
+# ---------------------------------------------------------------------------------------------- issue 15
+def _run_to_end(e, timeout=120):
+    e.buttons["run"].click()
+    assert e.wait(timeout)
+
+
+def test_checks_before_a_job_spends_anything(session):
+    e = DragEditor(session)
+    for job in ("step", "run"):
+        e.buttons[job].click()
+        assert not e.busy and "no drag yet" in e.status_text and f"press {job.capitalize()}" in e.status_text
+    e.canvas.handle_mouse_down(*e.canvas.image_to_display(12, 32))     # a handle without its target
+    e.canvas.handle_mouse_up(*e.canvas.image_to_display(12, 32))
+    e.handle_key_down("Enter")
+    assert "waits for its target" in e.status_text and not e.busy
+    assert session.counters == {k: 0 for k in session.counters}, "nothing was computed for refused jobs"
+    click(e.canvas, (40, 32))
+    _run_to_end(e)                                                      # 3 steps
+    assert session.n_steps == 3 or session.reached
+    if not session.reached:
+        e.buttons["run"].click()                                        # drag steps used up: refused, in words
+        assert not e.busy and "drag steps" in e.status_text and "Reset" in e.status_text
+
+
+def test_status_words_say_what_is_known():
+    from types import SimpleNamespace as NS
+    from dragnb.widgets.editor_parts import finish_text, step_text
+    rec = NS(step=7, loss=0.5, timestep=681, t_index=0)
+    method = NS(reference_steps=lambda c: 0)
+    s = NS(n_steps=7, reached=True, stop_reason="tracking puts every handle at its target",
+           config=NS(drag_steps=80), method=method)
+    text = finish_text(s, "run", [rec], stopped=False)
+    assert "tracking puts every handle at its target" in text and "may still not show the shape" in text
+    assert "reached" not in text and "at t=681" in text
+    s.stop_reason = "the method's schedule is done"
+    assert "schedule is done" in finish_text(s, "run", [rec], stopped=False)
+    s.method = NS(reference_steps=lambda c: 6)                          # GoodDrag: 7 timesteps
+    rec.t_index, rec.timestep = 2, 641
+    assert step_text(s, rec) == "step 7/80 at t=641, timestep 3 of 7: loss 0.5"
+    assert finish_text(s, "run", [rec], stopped=True).startswith("run: stopped: press Run to resume")
+
+
+def test_previews_are_labelled_and_result_clicks_answered(session):
+    session.configure(drag_steps=3)
+    e = DragEditor(session)
+    e.preview_every_s = 0.0
+    labels = []
+    e.result_label.observe(lambda c: labels.append(c["new"]), names="value")
+    click(e.canvas, (16, 32))
+    click(e.canvas, (44, 32))
+    _run_to_end(e)
+    previews = [v for v in labels if "preview" in v]
+    assert previews and all("one-step estimate" in v for v in previews)
+    assert "after" in e.result_label.value and "estimate" not in e.result_label.value
+    # a press on the result view, as the browser sends it
+    e.result_view.layers._canvases[-1]._handle_frontend_event(None, {"event": "mouse_down", "x": 9, "y": 9}, [])
+    assert "read-only" in e.status_text and "input image" in e.status_text
+
+
+def test_edits_after_a_run_keep_faith_with_it(session):
+    session.configure(drag_steps=3)
+    e = DragEditor(session)
+    click(e.canvas, (16, 32))
+    click(e.canvas, (44, 32))
+    drags = list(session.drags)
+    _run_to_end(e)
+    n = session.n_steps
+    assert n > 0 and "after" in e.result_label.value
+    # a mask stroke keeps the run, and says so at once
+    e.mode.value = "mask"
+    stroke(e.canvas, [(10, 20), (50, 20)])
+    mask = session.mask
+    assert session.n_steps == n and f"the {n} steps so far are kept" in e.status_text
+    # Undo takes the stroke back (the run is still kept) ...
+    e.buttons["undo"].click()
+    assert session.mask is None and session.n_steps == n and e.status_text.startswith("undo")
+    # ... and Redo is its exact inverse
+    e.buttons["redo"].click()
+    assert np.array_equal(session.mask, mask) and np.array_equal(e.canvas.mask, mask) and session.n_steps == n
+    # Undo of the stroke and of the target: the run is reset, status and result view say so at once
+    e.buttons["undo"].click()
+    e.buttons["undo"].click()
+    assert session.drags == [] and e.canvas.pending == (16.0, 32.0) and session.n_steps == 0
+    assert e.status_text.startswith("undo") and "run was reset" in e.status_text
+    assert "reset" in e.result_label.value and np.array_equal(e.result_view.image, np.asarray(session.image))
+    assert e.drag_progress.value == 0
+    # Redo brings back exactly the drags, pending handle and mask of before the Undo
+    e.buttons["redo"].click()
+    assert session.drags == drags and e.canvas.pending is None and session.mask is None
+    e.buttons["redo"].click()
+    assert np.array_equal(session.mask, mask) and "redo" in e.status_text
+    # a new drag by a click after a run: reset at once
+    e.mode.value = "points"
+    _run_to_end(e)
+    n = session.n_steps
+    click(e.canvas, (30, 50))
+    click(e.canvas, (50, 50))
+    assert session.n_steps == 0 and f"the {n}-step run was reset" in e.status_text
+    assert "reset" in e.result_label.value and "after" not in e.result_label.value
+    # a drag added from a cell after a run: the same
+    _run_to_end(e)
+    n = session.n_steps
+    session.add_drag(handle=(8, 8), target=(8, 30))
+    assert f"drags changed from code; the {n}-step run was reset" in e.status_text
+    assert np.array_equal(e.result_view.image, np.asarray(session.image))
+
+
+def test_colours_follow_the_theme(session):
+    import inspect
+    from dragnb.widgets import editor, editor_parts
+    e = DragEditor(session)
+    e.say("fine")
+    assert "color" not in e.status.value                    # the notebook's own text colour, light or dark
+    e.say("bad", error=True)
+    assert "var(--jp-error-color1" in e.status.value
+    for mod in (editor, editor_parts):
+        assert "#333" not in inspect.getsource(mod)
+
+
+def test_buttons_keep_their_words(session):
+    e = DragEditor(session)
+    for name, b in e.buttons.items():
+        assert b.description and b.tooltip, name
+        assert b.layout.min_width == "max-content" and b.layout.flex == "0 0 auto", name
+    rows = [c for c in e.children if isinstance(c, widgets.HBox)]
+    assert rows and all(r.layout.flex_flow == "row wrap" for r in rows)
+    assert e.settings["mutual_attention"].indent is False                # no 130 px indent cutting the label
+
+
+def test_keyboard_shortcuts(session):
+    session.configure(drag_steps=2)
+    e = DragEditor(session)
+    assert "Enter" in e.buttons["keys"].tooltip and "Ctrl-Z" in e.buttons["keys"].tooltip
+    send = lambda key, ctrl=False, shift=False: e.canvas.layers._canvases[-1]._handle_frontend_event(  # noqa: E731
+        None, {"event": "key_down", "key": key, "shift_key": shift, "ctrl_key": ctrl, "meta_key": False}, [])
+    send("m")
+    assert e.mode.value == e.canvas.mode == "mask"
+    send("E")
+    assert e.canvas.mode == "erase"
+    send("p")
+    assert e.canvas.mode == "points"
+    click(e.canvas, (16, 32))
+    click(e.canvas, (44, 32))
+    send("z", ctrl=True)
+    assert session.drags == [] and e.canvas.pending == (16.0, 32.0)
+    send("y", ctrl=True)
+    assert session.drags == [((16.0, 32.0), (44.0, 32.0))]
+    send("z", ctrl=True)
+    send("Z", ctrl=True, shift=True)                                    # Ctrl-Shift-Z redoes too
+    assert len(session.drags) == 1
+    send(" ")                                                           # Space: one step
+    assert e.wait(60) and session.n_steps == 1
+    send("Enter")                                                       # Enter: Run
+    assert e.wait(60) and (session.n_steps == 2 or session.reached)
+    session.reset()
+    session.configure(drag_steps=50)
+    e.preview_every_s = 1e9
+    send("Enter")
+    _wait_for(lambda: session.n_steps >= 1)
+    send("Escape")                                                      # Esc: Stop
+    assert e.wait(60) and session.n_steps < 50 and "stopped" in e.status_text
+    e.result_view.layers._canvases[-1]._handle_frontend_event(
+        None, {"event": "key_down", "key": "m", "shift_key": False, "ctrl_key": False, "meta_key": False}, [])
+    assert e.canvas.mode == "mask"                                      # keys work on the result view too
+
+
+def test_method_selector_switches_method_and_its_defaults(session):
+    from dragnb.methods import available
+    session.configure(lora_steps=3)                                     # a user's own edit, kept across switches
+    e = DragEditor(session)
+    assert list(e.method.options) == available() and e.method.value == "dragdiffusion"
+    official = session.config
+    e.method.value = "gooddrag"
+    want = session.model.default_config(method="gooddrag")
+    c = session.config
+    assert c.method == "gooddrag" and c.lora_steps == 3
+    for f in ("drag_steps", "drag_lr", "lam", "r_m", "r_p", "inversion_strength", "rounds", "beta"):
+        assert getattr(c, f) == getattr(want, f), f
+    assert e.settings["drag_steps"].value == c.drag_steps and "gooddrag" in e.status_text
+    e.method.value = "dragdiffusion"            # the methods' own fields back to the official values, the rest kept
+    from dragnb.methods import GoodDrag
+    back = session.model.default_config()
+    assert session.config == official.replace(**{f: getattr(back, f) for f in GoodDrag.defaults(256)})
+    assert session.config.lora_steps == 3 and session.config.n_inference_steps == 10
+    session.configure(method="gooddrag", drag_timesteps=2, rounds=1, updates_per_round=1, drag_steps=2)  # from a cell
+    assert e.method.value == "gooddrag"
+    click(e.canvas, (16, 32))
+    click(e.canvas, (44, 32))
+    seen = []
+    e.status.observe(lambda ch: seen.append(e.status_text), names="value")
+    _run_to_end(e)
+    assert any(" at t=" in t and "timestep" in t for t in seen), seen
+
+
+def test_explorer_shows_its_image_before_the_first_click(session):
+    from dragnb.widgets import FeatureExplorer
+    fx = FeatureExplorer(session)
+    assert fx.point_xy is None
+    assert fx.sim_image.layout.display == "none" and fx.loss_image.layout.display == "none"  # no broken image
+    assert "click the image" in fx.info.value
+    fx.handle_click(20, 30)
+    assert fx.sim_image.layout.display is None and fx.sim_image.value

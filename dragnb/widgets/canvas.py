@@ -13,7 +13,7 @@ display pixels and are converted in exactly one place (`display_to_image` / `ima
 Naming follows ipycanvas: ``handle_mouse_down(x, y)``, ``handle_mouse_move``, ``handle_mouse_up``,
 ``handle_mouse_out`` handle the gestures (display pixels; tests replay gestures by calling them);
 ``on_<event>(callback, remove=False)`` registers a callback: ``on_drags_changed``, ``on_mask_changed``,
-and ``on_mouse_down`` ... (forwarded to the ipycanvas layers); ``@observe`` reactions are
+and ``on_mouse_down`` ... ``on_key_down`` (forwarded to the ipycanvas layers); ``@observe`` reactions are
 ``_on_<trait>_changed``. The canvas holds no algorithm: it only edits points and a mask.
 """
 from __future__ import annotations
@@ -72,6 +72,11 @@ class DragCanvas(CanvasState):
     def on_mouse_out(self, callback: Callable, remove: bool = False) -> None:
         """Register ``callback(x, y)`` for the mouse leaving the canvas (ipycanvas' registrar)."""
         self.layers.on_mouse_out(callback, remove=remove)
+
+    def on_key_down(self, callback: Callable, remove: bool = False) -> None:
+        """Register ``callback(key, shift_key, ctrl_key, meta_key)`` for a key pressed while the canvas has the
+        focus (a click on it gives it the focus; ipycanvas' registrar). `DragEditor` binds its shortcuts here."""
+        self.layers.on_key_down(callback, remove=remove)
 
     @traitlets.observe("mode")
     def _on_mode_changed(self, change):

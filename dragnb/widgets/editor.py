@@ -3,49 +3,45 @@
 The editor holds no algorithm: every action is one call on the session (`configure`, `set_drags`,
 `set_mask`, `prepare`, `step`, `run`, `stop`, `reset`, `preview`, `result`). Prepare, Step and Run
 work in a background thread, so the notebook stays usable and **Stop** (`session.stop()`) takes effect
-before the next step; the session is left consistent and Run resumes it.
+before the next step; the session is left consistent and Run resumes it. Before a job starts, the editor
+checks that it can do anything (a drag, an image, valid settings: `editor_parts.preflight`), so a Run that
+would refuse trains no LoRA first.
 
 Sync runs both ways: canvas edits (`canvas.on_drags_changed` / `on_mask_changed`) call
 `session.set_drags` / `session.set_mask`; session changes made in a cell (`session.add_drag(...)`) reach
-the canvas through `session.observe`. A `ValueError` from the session (bad point, setting out of range,
-Run with no drags, ...) becomes a message in the status line and the widget goes back to the session's state.
+the canvas through `session.observe`. An edit after a run says what it did to the run, at once: new drags
+reset it (the result view goes back to the input), a new mask keeps its steps. A `ValueError` from the
+session becomes a message in the status line and the widget goes back to the session's state.
+
+Keyboard (when one of the editor's images has the focus; ipycanvas' `on_key_down`): Enter runs, Space steps,
+Esc stops, P/M/E switch Points/Mask/Erase, Ctrl-Z/Ctrl-Y undo/redo (`handle_key_down`). The words and the
+layout pieces live in `editor_parts`.
 """
 from __future__ import annotations
 
 import html
 import threading
-import time
-import traceback
 
 import ipywidgets as widgets
 
+from ..methods import available, get_method
+from . import editor_parts as parts
 from .canvas import DragCanvas
-
-# (config field, label, widget class) of the settings panel; values are passed to session.configure().
-SETTINGS = (
-    ("lora_steps", "LoRA steps", widgets.IntText),
-    ("lora_lr", "LoRA lr", widgets.FloatText),
-    ("drag_steps", "drag steps", widgets.IntText),
-    ("drag_lr", "drag lr", widgets.FloatText),
-    ("lam", "lam", widgets.FloatText),
-    ("r_m", "r_m", widgets.IntText),
-    ("r_p", "r_p", widgets.IntText),
-    ("inversion_strength", "inversion strength", widgets.FloatText),
-    ("mutual_attention", "mutual attention", widgets.Checkbox),
-)
+from .editor_jobs import EditorJobs
+from .editor_parts import SETTINGS  # noqa: F401  (the settings table, importable from here as before)
 
 PREVIEW_EVERY_S = 1.0
 """During Run the result view is refreshed with `session.preview()` at most this often (seconds)."""
 
 
-class DragEditor(widgets.VBox):
+class DragEditor(EditorJobs, widgets.VBox):
     """Notebook editor for a `DragSession`: ``DragEditor(session)``; display it or leave it last in a cell.
 
     Attributes tests and notebooks may use: ``canvas`` (the input `DragCanvas`), ``result_view`` (a
     read-only `DragCanvas` with the current result and handles), ``buttons`` (dict: prepare, step, run,
-    stop, reset, undo, redo, clear_points, clear_mask), ``settings`` (dict: config field -> widget),
-    ``mode``, ``brush``, ``lora_progress``, ``drag_progress``, ``status`` (HTML), ``status_text``,
-    ``busy``, ``wait(timeout)``, ``last_error``.
+    stop, reset, undo, redo, clear_points, clear_mask, keys), ``settings`` (dict: config field -> widget),
+    ``method`` (the drag-method dropdown), ``mode``, ``brush``, ``lora_progress``, ``drag_progress``,
+    ``status`` (HTML), ``status_text``, ``busy``, ``wait(timeout)``, ``last_error``, ``handle_key_down``.
     """
 
     def __init__(self, session, display_size=None, **kwargs):
@@ -56,6 +52,9 @@ class DragEditor(widgets.VBox):
         self._stop_requested = False
         self._local = threading.local()  # .syncing: True while this thread copies session state into widgets
         self._last_preview = 0.0
+        self._known_steps = session.n_steps   # the run's length as the editor last showed it
+        self._edit_origin = None              # what the user just did, while the session reacts to it
+        self._edit_note = None                # what that did to the run (said after Undo/Redo's own words)
         self.preview_every_s = PREVIEW_EVERY_S
 
         image = session.image
@@ -66,11 +65,9 @@ class DragEditor(widgets.VBox):
         self.result_view.add_class("dragnb-result")
 
         # --- toolbar
-        self.mode = widgets.ToggleButtons(options=[("Points", "points"), ("Mask", "mask"), ("Erase", "erase")],
-                                          value="points", tooltips=["click handle, then target; drag points to move",
-                                                                    "paint the region that may change",
-                                                                    "erase from that region"])
-        self.mode.style.button_width = "70px"
+        self.mode = parts.toggles([("Points", "points"), ("Mask", "mask"), ("Erase", "erase")], "points",
+                                  ["click handle, then target; drag points to move (P)",
+                                   "paint the region that may change (M)", "erase from that region (E)"])
         widgets.link((self.mode, "value"), (self.canvas, "mode"))
         w, h = self.canvas.image_size or (256, 256)
         radius = max(2, round(min(w, h) / 16))
@@ -78,31 +75,34 @@ class DragEditor(widgets.VBox):
                                        layout=widgets.Layout(width="220px"))
         self.canvas.brush_radius = radius
         self.brush.observe(lambda c: setattr(self.canvas, "brush_radius", c["new"]), names="value")
-        self.view = widgets.ToggleButtons(options=[("Both", "both"), ("Input", "input"), ("Result", "result")],
-                                          value="both")
-        self.view.style.button_width = "70px"
+        self.view = parts.toggles([("Both", "both"), ("Input", "input"), ("Result", "result")], "both",
+                                  ["input and result side by side", "the input only", "the result only"])
         self.view.observe(self._on_view_changed, names="value")
+        self.method = widgets.Dropdown(options=available(), value=session.config.method, description="method",
+                                       style={"description_width": "50px"}, layout=widgets.Layout(width="200px"))
+        self.method.observe(self._on_method_changed, names="value")
 
-        def button(name, description, handler, tooltip="", style=""):
-            b = widgets.Button(description=description, tooltip=tooltip, button_style=style,
-                               layout=widgets.Layout(width="auto"))
+        self.buttons = {}
+
+        def button(name, description, handler, tooltip="", style="", icon=""):
+            b = parts.button(description, tooltip, style, icon)
             b.on_click(lambda _: handler())
             self.buttons[name] = b
             return b
 
-        self.buttons = {}
-        tools = widgets.HBox([self.mode, self.brush,
-                              button("undo", "Undo", self.canvas.undo),
-                              button("redo", "Redo", self.canvas.redo),
-                              button("clear_points", "Clear points", self.canvas.clear_points),
-                              button("clear_mask", "Clear mask", self.canvas.clear_mask)],
-                             layout=widgets.Layout(flex_flow="row wrap"))
-        actions = widgets.HBox([button("prepare", "Prepare", self.prepare, "LoRA fine-tune + inversion (cached)"),
-                                button("step", "Step", self.step, "one drag step"),
-                                button("run", "Run", self.run, "drag until the targets are reached", "primary"),
-                                button("stop", "Stop", self.stop, "stop after the current step", "warning"),
-                                button("reset", "Reset", self.reset, "back to the inverted latent"),
-                                self.view])
+        tools = parts.wrapping_row([self.mode, self.brush,
+                                    button("undo", "Undo", self.undo, "undo the last edit (Ctrl-Z)"),
+                                    button("redo", "Redo", self.redo, "redo what Undo undid (Ctrl-Y)"),
+                                    button("clear_points", "Clear points", self.canvas.clear_points),
+                                    button("clear_mask", "Clear mask", self.canvas.clear_mask),
+                                    button("keys", "Keys", self.show_keys, parts.KEYS_HELP, icon="keyboard")])
+        actions = parts.wrapping_row([
+            button("prepare", "Prepare", self.prepare, "LoRA fine-tune + inversion (cached)"),
+            button("step", "Step", self.step, "one drag step (Space)"),
+            button("run", "Run", self.run, "drag until tracking puts the handles at their targets (Enter)", "primary"),
+            button("stop", "Stop", self.stop, "stop after the current step (Esc)", "warning"),
+            button("reset", "Reset", self.reset, "back to the inverted latent"),
+            self.view, self.method])
         self.buttons["stop"].disabled = True
 
         # --- progress and status
@@ -115,28 +115,27 @@ class DragEditor(widgets.VBox):
         self.details = widgets.Output()   # a traceback of an unexpected error, out of the way
 
         # --- settings
-        self.settings = {}
-        for field, label, cls in SETTINGS:
-            wdg = cls(value=getattr(session.config, field), description=label, style={"description_width": "130px"},
-                      layout=widgets.Layout(width="260px"))
+        self.settings = parts.settings_widgets(session.config)
+        for field, wdg in self.settings.items():
             wdg.observe(lambda c, f=field: self._on_setting(f, c["new"]), names="value")
-            self.settings[field] = wdg
-        settings_box = widgets.GridBox(list(self.settings.values()),
-                                       layout=widgets.Layout(grid_template_columns="repeat(3, 270px)"))
-        self.settings_panel = widgets.Accordion(children=[settings_box])
+        self.settings_panel = widgets.Accordion(children=[parts.settings_grid(self.settings)])
         self.settings_panel.set_title(0, "Settings")
 
         self.input_box = widgets.VBox([widgets.HTML("<b>input</b>: click handle, then target"), self.canvas])
         self.result_box = widgets.VBox([self.result_label, self.result_view])
         self.result_box.layout.margin = "0 0 0 12px"
-        views = widgets.HBox([self.input_box, self.result_box])
-        super().__init__([tools, views, actions, widgets.HBox([self.lora_progress, self.drag_progress]),
+        views = parts.wrapping_row([self.input_box, self.result_box], align_content="flex-start")
+        super().__init__([tools, views, actions, parts.wrapping_row([self.lora_progress, self.drag_progress]),
                           self.status, self.settings_panel, self.details], **kwargs)
+        self.add_class("dragnb-editor")
 
-        # --- sync both ways
+        # --- sync both ways, keys, clicks on the result
         self.canvas.on_drags_changed(self._on_canvas_drags)
         self.canvas.on_mask_changed(self._on_canvas_mask)
         self.canvas.observe(self._on_canvas_message, names="message")
+        self.result_view.on_mouse_down(self.handle_result_click)
+        for c in (self.canvas, self.result_view):
+            c.on_key_down(self.handle_key_down)
         session.observe(self._on_session_event)
         self._show_handles()
         self.say("ready: click a handle, then its target" if image is not None else
@@ -149,20 +148,70 @@ class DragEditor(widgets.VBox):
         return html.unescape(self._status_plain)
 
     def say(self, text: str, error: bool = False) -> None:
-        """Show `text` in the status line (red when `error`)."""
+        """Show `text` in the status line (red when `error`; otherwise in the notebook theme's text colour)."""
         self._status_plain = html.escape(str(text))
-        color = "#c62828" if error else "#333"
-        self.status.value = f'<span style="color:{color}">{self._status_plain}</span>'
+        style = f' style="color:{parts.ERROR_COLOR}"' if error else ""
+        self.status.value = f"<span{style}>{self._status_plain}</span>"
+
+    def show_keys(self) -> None:
+        """Button Keys: the keyboard shortcuts in the status line (also the button's tooltip)."""
+        self.say(parts.KEYS_HELP)
 
     def _on_canvas_message(self, change):
         if change["new"]:
             self.say(change["new"], error=self.canvas.message_is_error)
 
+    def handle_result_click(self, x: float, y: float) -> None:
+        """A press on the result view (read-only): say where points go."""
+        self.say(parts.RESULT_VIEW_CLICK)
+
+    # ------------------------------------------------------------------ keyboard
+    def handle_key_down(self, key: str, shift_key: bool = False, ctrl_key: bool = False,
+                        meta_key: bool = False) -> None:
+        """A key pressed while one of the editor's images has the focus (ipycanvas' key_down event)."""
+        k = str(key).lower()
+        if ctrl_key or meta_key:
+            action = "redo" if (k == "z" and shift_key) else parts.CTRL_KEYS.get(k)
+        else:
+            action = parts.KEYS.get(k)
+        if action is None:
+            return
+        if action in ("points", "mask", "erase"):
+            if self.canvas.interactive:
+                self.mode.value = action
+            return
+        if action in ("undo", "redo") and self.busy:
+            return self.say("busy: press Stop first", error=True)
+        getattr(self, action)()
+
     # ------------------------------------------------------------------ canvas -> session
+    def undo(self) -> None:
+        """Button Undo: take the last edit back (a drag, a moved point, a stroke, a clear)."""
+        self._edit_origin = "undo"
+        try:
+            if self.canvas.undo():
+                self._say_edit("undo: the last edit is taken back")
+        finally:
+            self._edit_origin = None
+
+    def redo(self) -> None:
+        """Button Redo: the exact inverse of Undo (the same drags, handle and mask come back)."""
+        self._edit_origin = "redo"
+        try:
+            if self.canvas.redo():
+                self._say_edit("redo: the edit is back")
+        finally:
+            self._edit_origin = None
+
+    def _say_edit(self, text):
+        note, self._edit_note = self._edit_note, None
+        self.say(f"{text}; {note.split('; ', 1)[1]}" if note else text)
+
     def _on_canvas_drags(self, drags):
         if self._syncing:
             return
         try:
+            self._edit_origin = self._edit_origin or self.canvas.message or "drags changed"
             self.session.set_drags(list(drags))
         except (ValueError, TypeError) as e:
             self.say(str(e), error=True)
@@ -170,15 +219,22 @@ class DragEditor(widgets.VBox):
             self._sync_from_session("drags")
             if len(new) == len(accepted) + 1 and new[:-1] == accepted and self.canvas.interactive:
                 self.canvas.pending = new[-1][0]     # the refused pair's handle waits for another target
+        finally:
+            if self._edit_origin not in ("undo", "redo"):
+                self._edit_origin = None
 
     def _on_canvas_mask(self, mask):
         if self._syncing:
             return
         try:
+            self._edit_origin = self._edit_origin or self.canvas.message or "mask changed"
             self.session.set_mask(mask)
         except (ValueError, TypeError) as e:
             self.say(str(e), error=True)
             self._sync_from_session("mask")
+        finally:
+            if self._edit_origin not in ("undo", "redo"):
+                self._edit_origin = None
 
     def _on_setting(self, field, value):
         if self._syncing:
@@ -191,14 +247,49 @@ class DragEditor(widgets.VBox):
             return
         self.say(f"{field} = {value!r}")
 
+    def _on_method_changed(self, change):
+        """The method dropdown: switch `config.method` and the fields that method sets (its own defaults, scaled to
+        this model), keeping the user's other settings."""
+        if self._syncing or change["new"] == self.session.config.method:
+            return
+        old, new = self.session.config.method, change["new"]
+        fields = set(type(get_method(old)).defaults(256)) | set(type(get_method(new)).defaults(256))
+        target = self.session.model.default_config(method=new)
+        try:
+            self.session.configure(method=new, **{f: getattr(target, f) for f in sorted(fields)})
+        except (ValueError, TypeError) as e:
+            self.say(str(e), error=True)
+            self._sync_from_session("config")
+            return
+        c = self.session.config
+        self.say(f"method = {new!r} ({c.drag_steps} drag steps, lr {c.drag_lr}, r_m {c.r_m}, r_p {c.r_p})")
+
     # ------------------------------------------------------------------ session -> widgets
     def _on_session_event(self, event: str) -> None:
         if event == "step":
             if self._worker is None or not self._worker.is_alive():   # a step from a cell
                 self.drag_progress.value = min(self.session.n_steps, self.drag_progress.max)
+                self._known_steps = self.session.n_steps
                 self._show_handles()
             return
         self._sync_from_session(event)
+        self._after_edit(event)
+
+    def _after_edit(self, event: str) -> None:
+        """An input changed: if a run had taken steps, say at once whether it was kept or reset."""
+        before, now = self._known_steps, self.session.n_steps
+        self._known_steps = now
+        if event in ("reset", "rewind", "prepare"):
+            return
+        note = parts.edit_text(self._edit_origin, event, before, now)
+        if note is None:
+            return
+        if now == 0 and before > 0:
+            self._show_image(self.session.image, "(the input: the run was reset by an edit)")
+        if self._edit_origin in ("undo", "redo"):
+            self._edit_note = note                # the Undo/Redo button's own words come first
+        else:
+            self.say(note)
 
     @property
     def _syncing(self) -> bool:
@@ -226,6 +317,7 @@ class DragEditor(widgets.VBox):
             if event == "config":
                 for field, wdg in self.settings.items():
                     wdg.value = getattr(self.session.config, field)
+                self.method.value = self.session.config.method
                 self.lora_progress.max = max(1, self.session.config.lora_steps)
                 self.drag_progress.max = max(1, self.session.config.drag_steps)
             if event == "rewind":
@@ -255,139 +347,6 @@ class DragEditor(widgets.VBox):
     def _on_view_changed(self, change):
         self.input_box.layout.display, self.result_box.layout.display = {
             "both": (None, None), "input": (None, "none"), "result": ("none", None)}[change["new"]]
-
-    # ------------------------------------------------------------------ actions
-    @property
-    def busy(self) -> bool:
-        return self._worker is not None and self._worker.is_alive()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Block until the background job (Prepare/Step/Run) ends; True when none is left running."""
-        if self._worker is not None:
-            self._worker.join(timeout)
-        return not self.busy
-
-    def prepare(self) -> None:
-        """Button Prepare: LoRA + inversion + source features in the background."""
-        self._start("prepare", self._prepare_job)
-
-    def step(self) -> None:
-        """Button Step: one drag step in the background, then the result."""
-        self._start("step", self._step_job)
-
-    def run(self) -> None:
-        """Button Run: drag steps in the background until reached / drag steps / Stop."""
-        self._start("run", self._run_job)
-
-    def stop(self) -> None:
-        """Button Stop: the running job ends before its next step; Run resumes."""
-        if self.busy:
-            self._stop_requested = True
-            self.session.stop()
-            self.say("stopping after the current step…")
-
-    def reset(self) -> None:
-        """Button Reset: back to the inverted latent and the drags' handles."""
-        if self.busy:
-            return self.say("busy: press Stop first", error=True)
-        try:
-            self.session.reset()            # its "reset" event updates the result view and progress
-        except (ValueError, TypeError) as e:
-            return self.say(str(e), error=True)
-        self.say("reset: back to the start; Run starts over")
-
-    # --- background jobs
-    def _start(self, name, job) -> None:
-        if self.busy:
-            return self.say("busy: wait for the current job or press Stop", error=True)
-        self._stop_requested = False
-        self._set_busy(True, name)
-        self._worker = threading.Thread(target=self._job, args=(name, job), name=f"dragnb-{name}", daemon=True)
-        self._worker.start()
-
-    def _job(self, name, job):
-        try:
-            job()
-        except (ValueError, TypeError) as e:
-            self.say(str(e), error=True)
-        except Exception as e:                       # not the user's fault: keep the traceback out of the way
-            self.last_error = e
-            self.say(f"{name} failed: {type(e).__name__}: {e} (traceback under the settings)", error=True)
-            with self.details:
-                traceback.print_exc()
-        finally:
-            self._set_busy(False, name)
-
-    def _set_busy(self, busy: bool, name: str) -> None:
-        for key in ("prepare", "step", "run", "reset", "undo", "redo", "clear_points", "clear_mask"):
-            self.buttons[key].disabled = busy       # no edits under a running job (Stop first)
-        self.buttons["stop"].disabled = not (busy and name in ("run", "step"))
-        for wdg in self.settings.values():
-            wdg.disabled = busy
-        self.canvas.interactive = not busy
-        if busy:
-            self.say(f"{name}…")
-
-    def _on_prepare_progress(self, stage, i, n):
-        if stage == "lora":
-            self.lora_progress.max = max(1, n)
-            self.lora_progress.value = min(i, n)
-        if stage == "lora" and i not in (0, n) and i % max(1, n // 20):
-            return                                   # coarse: about 20 status updates per stage
-        self.say(f"preparing: {stage} {i}/{n}")
-
-    def _prepare_if_needed(self, always: bool = False):
-        if always or not self.session.is_prepared:
-            self.session.prepare(progress=False, callback=self._on_prepare_progress)
-            self.lora_progress.value = self.lora_progress.max
-
-    def _prepare_job(self):
-        t0 = time.perf_counter()
-        self._prepare_if_needed(always=True)
-        self.say(f"prepared in {time.perf_counter() - t0:.1f} s: add drags and press Run")
-
-    def _step_job(self):
-        self._prepare_if_needed()
-        records = self.session.step(1)
-        self._finish(records, "step")
-
-    def _run_job(self):
-        self._prepare_if_needed()
-        if self._stop_requested:
-            return self.say("stopped before the first step")
-        self._last_preview = time.perf_counter()
-        self.drag_progress.max = max(1, self.session.config.drag_steps)
-        records = self.session.run(callback=self._on_record, progress=False)
-        self._finish(records, "run")
-
-    def _on_record(self, record) -> bool:
-        """Per-step callback of session.run (worker thread): progress, and now and then a preview."""
-        if self._stop_requested:                     # Stop pressed before run() started listening
-            return False
-        self.drag_progress.value = min(record.step, self.drag_progress.max)
-        self.say(f"step {record.step}/{self.session.config.drag_steps}: loss {record.loss:.4g}")
-        now = time.perf_counter()
-        if now - self._last_preview >= self.preview_every_s:
-            self._show_image(self.session.preview(), f"(preview at step {record.step})", record.handles)
-            self._last_preview = time.perf_counter()
-        else:
-            self._show_handles(record.handles)
-        return True
-
-    def _finish(self, records, name):
-        s = self.session
-        self.drag_progress.value = min(s.n_steps, self.drag_progress.max)
-        self._show_image(s.result(), f"after {s.n_steps} steps")
-        last = f"loss {records[-1].loss:.4g}" if records else "no step taken"
-        if self._stop_requested:
-            why = "stopped: press Run to resume"
-        elif s.reached:
-            why = "every handle reached its target"
-        elif name == "run":
-            why = "the drag steps are used up (raise 'drag steps' and Run to go on)"
-        else:
-            why = "one step done"
-        self.say(f"{name}: {why}; {s.n_steps} steps, {last}")
 
     def close(self):
         self.session.unobserve(self._on_session_event)

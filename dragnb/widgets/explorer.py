@@ -56,6 +56,7 @@ class FeatureExplorer(W.VBox):
         self.canvas = Canvas(width=w * self.scale, height=h * self.scale,
                              layout=W.Layout(width=f"{w * self.scale}px", height=f"{h * self.scale}px"))
         self.canvas.on_mouse_down(self.handle_mouse_down)
+        self.canvas.on_client_ready(lambda *_: self.draw_image())   # a view that connects later gets the image too
         self.sim_image = W.Image(format="png", layout=W.Layout(max_width="640px"))
         self.loss_image = W.Image(format="png", layout=W.Layout(max_width="760px"))
         self.query_select = W.Dropdown(description="query", options=self._query_options(), layout=W.Layout(width="220px"))
@@ -206,7 +207,7 @@ class FeatureExplorer(W.VBox):
         q = self.query
         if q == _CLICKED:
             if self.point_xy is None:
-                self.sim_image.value = b""
+                self._set_png(self.sim_image, b"")
                 self.info.value = "<i>click the image to pick a point</i>" + self._loss_text()
                 self.last_figure = None
                 return
@@ -223,23 +224,31 @@ class FeatureExplorer(W.VBox):
         fig.suptitle(f"features: {self.features_toggle.value} (step {s.n_steps}); "
                      f"window: handle at scrubbed step {self.step}", fontsize=9)
         self.last_figure = fig
-        self.sim_image.value = viz.figure_to_png(fig, dpi=72)
+        self._set_png(self.sim_image, viz.figure_to_png(fig, dpi=72))
         self.info.value = self._loss_text()
+
+    @staticmethod
+    def _set_png(image: W.Image, png: bytes) -> None:
+        """Show `png`, or hide the image while there is none (an empty image is a broken-image icon)."""
+        image.value = png
+        image.layout.display = None if png else "none"
 
     def _loss_text(self) -> str:
         if self.step == 0 or not self.session.history:
             return "&nbsp; step 0: inverted latent"
         r = self.session.history[self.step - 1]
         fmt = lambda v: "–" if v is None else f"{float(v):.4g}"
-        return (f"&nbsp; loss {fmt(r.loss)} = motion {fmt(r.motion_loss)} + mask term {fmt(r.mask_loss)}")
+        t = getattr(r, "timestep", -1)
+        at = "" if t is None or t < 0 else f" at t={t} (reference step {getattr(r, 't_index', 0)})"
+        return (f"&nbsp; loss {fmt(r.loss)} = motion {fmt(r.motion_loss)} + mask term {fmt(r.mask_loss)}{at}")
 
     def draw_loss(self):
         hist = self.session.history
         if not hist:
-            self.loss_image.value = b""
+            self._set_png(self.loss_image, b"")
             return
         fig = viz.plot_loss(hist, figsize=(9.0, 2.4))
         if self.step > 0:
             for ax in fig.axes:
                 ax.axvline(self.step, color="cyan", lw=1.5)
-        self.loss_image.value = viz.figure_to_png(fig, dpi=72)
+        self._set_png(self.loss_image, viz.figure_to_png(fig, dpi=72))
