@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import numbers
+import threading
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -141,23 +143,49 @@ def _tqdm(total, desc, enabled):
     return tqdm(total=total, desc=desc, disable=not enabled, leave=False)
 
 
+def _bound_entries(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"SourceCache max_entries={value!r} is not a whole number: give an int >= 1 (entries kept "
+                        "per store)")
+    if value < 1:
+        raise ValueError(f"SourceCache max_entries={value!r} keeps nothing: give an int >= 1 (entries kept per store)")
+    return int(value)
+
+
+def _bound_bytes(value):
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"SourceCache max_bytes={value!r} is not a whole number: give a byte count >= 0 (e.g. "
+                        "2 * 2**30), or None for no byte bound")
+    if value < 0:
+        raise ValueError(f"SourceCache max_bytes={value!r} is negative: give a byte count >= 0, or None for no "
+                         "byte bound")
+    return int(value)
+
+
 class SourceCache:
     """LoRA, inversion and reference-feature stores of one model, with counters and bounded eviction.
 
     Args:
         model: the `DragModel` every stage runs on.
-        max_entries: most entries each store keeps (default 4: a few prompts/settings to go back to).
-        max_bytes: most bytes of tensors all stores keep together (default 2 GiB; None: no byte bound).
+        max_entries: most entries each store keeps (default 4: a few prompts/settings to go back to); an int >= 1.
+        max_bytes: most bytes of tensors all stores keep together (default 2 GiB; None: no byte bound); an int >= 0.
+
+    Both bounds may be changed later (`cache.max_bytes = 2**28`); a lowered bound evicts at once, least recently
+    used first. `clear()` drops everything. Entries live on the model's device: for SD-1.5 at 512×512 one
+    features entry is about 160 MiB, an inversion 64 KiB, a rank-16 LoRA 3 MiB.
+
+    Thread-safe: sessions on one model may share one cache (`DragSession(..., cache=cache)`) from several
+    threads; each stage runs under the model's UNet lock, so an entry is computed once.
     """
 
     def __init__(self, model, max_entries: int = 4, max_bytes: int | None = 2 * 2**30):
-        if int(max_entries) < 1:
-            raise ValueError(f"max_entries={max_entries}: keep at least 1 entry per store")
-        if max_bytes is not None and int(max_bytes) < 0:
-            raise ValueError(f"max_bytes={max_bytes}: use a byte count >= 0, or None for no bound")
+        if not all(hasattr(model, a) for a in ("unet", "scheduler", "name")):
+            raise TypeError(f"SourceCache(model={model!r}): not a DragModel; get one with dragnb.load_model('demo')")
+        self._books = threading.RLock()   # a leaf lock for the stores' bookkeeping (nothing is computed under it)
+        self._max_entries, self._max_bytes = _bound_entries(max_entries), _bound_bytes(max_bytes)
         self.model = model
-        self.max_entries = int(max_entries)
-        self.max_bytes = None if max_bytes is None else int(max_bytes)
         self.counters = dict(lora_trainings=0, inversions=0, feature_extractions=0, denoisings=0)
         self.evictions = 0
         self._stores: dict[str, OrderedDict] = {name: OrderedDict() for name in STORES}
@@ -165,12 +193,33 @@ class SourceCache:
         self._tick = itertools.count()
         self._generations: dict[str, tuple[int, tuple]] = {}
 
+    @property
+    def max_entries(self) -> int:
+        """Most entries each store keeps (>= 1)."""
+        return self._max_entries
+
+    @max_entries.setter
+    def max_entries(self, value: int) -> None:
+        self._max_entries = _bound_entries(value)
+        self._trim()
+
+    @property
+    def max_bytes(self) -> int | None:
+        """Most bytes of tensors all stores keep together (None: no byte bound)."""
+        return self._max_bytes
+
+    @max_bytes.setter
+    def max_bytes(self, value: int | None) -> None:
+        self._max_bytes = _bound_bytes(value)
+        self._trim()
+
     # ------------------------------------------------------------------ keys and bookkeeping
     def key(self, spec: SourceSpec) -> SourceKey:
         return SourceKey.of(self.model.name, spec)
 
     def has(self, spec: SourceSpec, stage: str) -> bool:
-        return self.key(spec).stage(stage) in self._stores[stage]
+        with self._books:
+            return self.key(spec).stage(stage) in self._stores[stage]
 
     def is_prepared(self, spec: SourceSpec) -> bool:
         return all(self.has(spec, s) for s in STORES)
@@ -178,49 +227,62 @@ class SourceCache:
     @property
     def nbytes(self) -> int:
         """Bytes of tensors held by all stores."""
-        return sum(_nbytes(v) for store in self._stores.values() for v in store.values())
+        with self._books:
+            return sum(_nbytes(v) for store in self._stores.values() for v in store.values())
 
     def __len__(self) -> int:
-        return sum(len(s) for s in self._stores.values())
+        with self._books:
+            return sum(len(s) for s in self._stores.values())
 
     def discard(self, spec: SourceSpec, stage: str) -> None:
         """Drop this spec's entry of one stage ("lora", "inversion" or "features") if present."""
         if stage not in STORES:
             raise ValueError(f"stage={stage!r}: use one of {STORES}")
         k = self.key(spec).stage(stage)
-        if k in self._stores[stage]:
-            del self._stores[stage][k]
-            self._used.pop((stage, k), None)
+        with self._books:
+            if k in self._stores[stage]:
+                del self._stores[stage][k]
+                self._used.pop((stage, k), None)
 
     def clear(self) -> None:
-        """Drop every entry (counters are kept)."""
-        for store in self._stores.values():
-            store.clear()
-        self._used.clear()
+        """Drop every entry (counters are kept; a generation's own latents too: they cannot be recomputed)."""
+        with self._books:
+            for store in self._stores.values():
+                store.clear()
+            self._used.clear()
 
     def _get(self, stage: str, k: tuple):
-        store = self._stores[stage]
-        if k in store:
-            store.move_to_end(k)
-            self._used[(stage, k)] = next(self._tick)
-            return store[k]
-        return None
+        with self._books:
+            store = self._stores[stage]
+            if k in store:
+                store.move_to_end(k)
+                self._used[(stage, k)] = next(self._tick)
+                return store[k]
+            return None
 
     def _put(self, stage: str, k: tuple, value):
-        store = self._stores[stage]
-        store[k] = value
-        store.move_to_end(k)
-        self._used[(stage, k)] = next(self._tick)
-        while len(store) > self.max_entries:
-            self._evict(stage, next(iter(store)))
-        if self.max_bytes is not None:
-            while self.nbytes > self.max_bytes:
-                # never the entry just put nor the upstream entries it was made from (their keys are its prefixes)
-                victims = [(s, kk) for s, kk in self._used if k[:len(kk)] != kk]
-                if not victims:
-                    break
-                self._evict(*min(victims, key=self._used.get))
-        return value
+        with self._books:
+            store = self._stores[stage]
+            store[k] = value
+            store.move_to_end(k)
+            self._used[(stage, k)] = next(self._tick)
+            self._trim(keep=k)
+            return value
+
+    def _trim(self, keep: tuple | None = None) -> None:
+        """Evict least recently used entries until both bounds hold; never `keep` (the entry just put) nor the
+        upstream entries it was made from (their keys are its prefixes)."""
+        with self._books:
+            for stage, store in self._stores.items():
+                while len(store) > self._max_entries:
+                    victim = next(k for k in store if keep is None or k != keep)
+                    self._evict(stage, victim)
+            if self._max_bytes is not None:
+                while self.nbytes > self._max_bytes:
+                    victims = [(s, kk) for s, kk in self._used if keep is None or keep[:len(kk)] != kk]
+                    if not victims:
+                        break
+                    self._evict(*min(victims, key=self._used.get))
 
     def _evict(self, stage: str, k: tuple) -> None:
         del self._stores[stage][k]
@@ -233,6 +295,10 @@ class SourceCache:
 
         `callback("lora", i, n)` after each optimiser step. `lora_steps=0` means the base UNet (nothing trained).
         """
+        with unet_lock(self.model.unet):   # one computation per entry, even for sessions sharing this cache
+            return self._train_lora(spec, progress, callback)
+
+    def _train_lora(self, spec, progress, callback) -> LoraWeights:
         k = self.key(spec).stage("lora")
         hit = self._get("lora", k)
         if hit is not None:
@@ -249,10 +315,9 @@ class SourceCache:
             if callback:
                 callback("lora", i, n)
         try:
-            with unet_lock(m.unet):
-                state = lora.train_lora(m, z0, m.encode_prompt(spec.prompt), rank=c.lora_rank, steps=c.lora_steps,
-                                        lr=c.lora_lr, batch_size=c.lora_batch_size, seed=spec.seed, callback=cb,
-                                        targets=c.lora_targets)
+            state = lora.train_lora(m, z0, m.encode_prompt(spec.prompt), rank=c.lora_rank, steps=c.lora_steps,
+                                    lr=c.lora_lr, batch_size=c.lora_batch_size, seed=spec.seed, callback=cb,
+                                    targets=c.lora_targets)
         finally:
             bar.close()
         self.counters["lora_trainings"] += 1
@@ -263,6 +328,10 @@ class SourceCache:
 
         A generated image (`add_generation`) takes its own latents instead, with no inversion error.
         """
+        with unet_lock(self.model.unet):   # the UNet and the scheduler (set_timesteps) are the model's, shared
+            return self._invert(spec, progress, callback)
+
+    def _invert(self, spec, progress, callback) -> Inversion:
         k = self.key(spec).stage("inversion")
         hit = self._get("inversion", k)
         if hit is not None:
@@ -296,6 +365,10 @@ class SourceCache:
     def extract_features(self, spec: SourceSpec, progress: bool = False, callback=None) -> Reference:
         """Stage 3: the un-dragged reference trajectory from zt: `reference_steps` + 1 UNet calls, each giving
         the decoder features (1, C', gh, gw) and x_{t-1}; the next step starts from that x_{t-1}. Cached."""
+        with unet_lock(self.model.unet):
+            return self._extract_features(spec, progress, callback)
+
+    def _extract_features(self, spec, progress, callback) -> Reference:
         k = self.key(spec).stage("features")
         hit = self._get("features", k)
         if hit is not None:
@@ -331,7 +404,8 @@ class SourceCache:
         latents = tuple(x.detach() for x in latents)
         if len(latents) != n_steps + 1:
             raise ValueError(f"a generation of {n_steps} steps has {n_steps + 1} latents, got {len(latents)}")
-        self._generations[image_sha] = (int(n_steps), latents)
+        with self._books:
+            self._generations[image_sha] = (int(n_steps), latents)
 
     def generation(self, image_sha: str):
         """(n_steps, latents) of a registered generation, or None."""
@@ -340,6 +414,10 @@ class SourceCache:
     # ------------------------------------------------------------------ persistence
     def state_dict(self, spec: SourceSpec) -> dict:
         """The entries this spec uses (those computed), as plain tensors and values."""
+        with self._books:
+            return self._state_dict(spec)
+
+    def _state_dict(self, spec: SourceSpec) -> dict:
         key = self.key(spec)
         out: dict = {}
         w = self._stores["lora"].get(key.stage("lora"))

@@ -40,26 +40,42 @@ def _lora_params(unet):
     return {n: p for n, p in unet.named_parameters() if "lora_" in n and f".{ADAPTER}." in n}
 
 
+def _disable(unet) -> None:
+    """Switch the adapter off (the base UNet); nothing to do when none was ever added."""
+    if getattr(unet, "_hf_peft_config_loaded", False) or getattr(unet, "peft_config", None):
+        unet.disable_adapters()
+
+
 @contextmanager
 def applied(unet, state: dict | None, rank: int | None = None):
-    """Run the block with the UNet carrying exactly the LoRA weights `state` (None: the base UNet)."""
+    """Run the block with the UNet carrying exactly the LoRA weights `state` (None: the base UNet).
+
+    Everything that may enable the adapter (adding it: peft enables a new adapter; copying the weights; enabling)
+    happens inside the protected block, so an interrupt at any point leaves the base UNet.
+    """
     if state is None:
-        if getattr(unet, "peft_config", None) and ADAPTER in unet.peft_config:
-            unet.disable_adapters()
+        _disable(unet)
         yield unet
         return
-    r = rank or infer_rank(state)
-    _ensure_adapter(unet, r, targets_of(state))
-    params = _lora_params(unet)
-    with torch.no_grad():
-        for n, p in params.items():
-            p.copy_(state[n].to(p.device, p.dtype))
-    try:  # enabled inside the protected block: an interrupt at any point leaves the base UNet
+    try:
+        r = rank or infer_rank(state)
+        _ensure_adapter(unet, r, targets_of(state))
+        params = _lora_params(unet)
+        with torch.no_grad():
+            for n, p in params.items():
+                p.copy_(state[n].to(p.device, p.dtype))
         unet.set_adapter(ADAPTER)
         unet.enable_adapters()
         yield unet
     finally:
-        unet.disable_adapters()
+        _disable(unet)
+
+
+def is_active(unet) -> bool:
+    """True when the dragnb adapter is enabled on some layer of `unet` (outside `applied` it never is)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    return any(isinstance(m, BaseTunerLayer) and not m.disable_adapters and ADAPTER in m.active_adapters
+               for m in unet.modules())
 
 
 def infer_rank(state: dict) -> int:
@@ -74,19 +90,20 @@ def train_lora(model, z0: torch.Tensor, cond: torch.Tensor, *, rank: int = 16, s
     """Fine-tune LoRA adapters so the UNet reconstructs the clean latents z0 (1, C, h, w) (official recipe:
     random timesteps, the scheduler's training target, MSE, AdamW). Returns the adapter state dict (CPU float32)."""
     unet, sched = model.unet, model.scheduler
-    _ensure_adapter(unet, rank, targets)
     gen = torch.Generator().manual_seed(seed)
-    params = _lora_params(unet)
-    with torch.no_grad():  # fresh, seeded initialisation: A gaussian, B zero (the adapter starts as identity)
-        for n, p in params.items():
-            if "lora_A" in n:
-                p.copy_(torch.randn(p.shape, generator=gen) / rank)
-            else:
-                p.zero_()
-    opt = torch.optim.AdamW(list(params.values()), lr=lr, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
     device = z0.device
     x0 = z0.float().expand(batch_size, *z0.shape[1:])
-    try:  # enabled inside the protected block: an interrupt at any point leaves the base UNet
+    params: dict = {}
+    try:  # adding, initialising and enabling the adapter all inside: an interrupt at any point leaves the base UNet
+        _ensure_adapter(unet, rank, targets)
+        params = _lora_params(unet)
+        with torch.no_grad():  # fresh, seeded initialisation: A gaussian, B zero (the adapter starts as identity)
+            for n, p in params.items():
+                if "lora_A" in n:
+                    p.copy_(torch.randn(p.shape, generator=gen) / rank)
+                else:
+                    p.zero_()
+        opt = torch.optim.AdamW(list(params.values()), lr=lr, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
         unet.set_adapter(ADAPTER)
         unet.enable_adapters()
         for p in params.values():
@@ -110,7 +127,7 @@ def train_lora(model, z0: torch.Tensor, cond: torch.Tensor, *, rank: int = 16, s
         unet.eval()
         for p in params.values():
             p.requires_grad_(False)
-        unet.disable_adapters()
+        _disable(unet)
     return {n: p.detach().float().cpu().clone() for n, p in params.items()}
 
 
