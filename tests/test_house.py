@@ -15,6 +15,7 @@ from dragnb.invalidation import INPUT_STAGE_OF, STAGE_OF, STAGES
 from dragnb.methods import DragMethod, Position, available, get_method, register
 from dragnb.methods.base import Advance
 from dragnb.models import tiny_model
+from scenes import disc_scene as scene
 
 FAST = dict(lora_steps=2, lora_batch_size=1, n_inference_steps=10, drag_steps=6, snapshot_every=2)
 DATA = Path(__file__).parent / "data"
@@ -23,15 +24,6 @@ DATA = Path(__file__).parent / "data"
 @pytest.fixture(scope="module")
 def model():
     return tiny_model(seed=0)
-
-
-def scene(size=32, shift=0):
-    yy, xx = np.mgrid[0:size, 0:size]
-    img = np.zeros((size, size, 3), np.uint8)
-    img[..., 0] = 40 + 4 * xx
-    img[..., 2] = 200 - 3 * yy
-    img[((xx - 10 - shift) ** 2 + (yy - 16) ** 2) < 25] = (250, 220, 10)
-    return img
 
 
 def session(model, **cfg):

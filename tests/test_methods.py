@@ -12,6 +12,7 @@ from dragnb.coords import drag_path_mask
 from dragnb.drag import track_points, warp_latent
 from dragnb.methods import GoodDrag
 from dragnb.models import tiny_model
+from scenes import disc_scene as scene
 
 FAST = dict(lora_steps=2, lora_batch_size=1, n_inference_steps=10)
 
@@ -19,15 +20,6 @@ FAST = dict(lora_steps=2, lora_batch_size=1, n_inference_steps=10)
 @pytest.fixture(scope="module")
 def model():
     return tiny_model(seed=0)
-
-
-def scene(size=32):
-    yy, xx = np.mgrid[0:size, 0:size]
-    img = np.zeros((size, size, 3), np.uint8)
-    img[..., 0] = 40 + 4 * xx
-    img[..., 2] = 200 - 3 * yy
-    img[((xx - 10) ** 2 + (yy - 16) ** 2) < 25] = (250, 220, 10)
-    return img
 
 
 def gd(model, **cfg):
