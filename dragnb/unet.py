@@ -5,6 +5,10 @@ adapter, the feature hooks and the attention processors all live on that one UNe
 UNet's lock from before the adapter is enabled until after hooks and processors are restored. The lock is
 re-entrant: a stage may call another inside it. Work between uses (a step, a render) interleaves freely, and
 each session's results are bit-identical to the same work done one after the other.
+
+Entering `using` on a CPU model also sets the working thread's torch thread count (`dragnb.threads`: the
+thread policy, so an edit stays quick beside other busy processes; `DRAGNB_THREADS` / `dragnb.set_threads`
+override it).
 """
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ from contextlib import contextmanager
 
 import torch
 
-from . import ddim, lora
+from . import ddim, lora, threads
 from .features import unet_with_features
 
 _LOCKS: "weakref.WeakKeyDictionary[object, threading.RLock]" = weakref.WeakKeyDictionary()
@@ -32,9 +36,12 @@ def unet_lock(unet) -> threading.RLock:
 
 @contextmanager
 def using(model, lora_state: dict | None):
-    """Hold the model's UNet for the block, carrying exactly the LoRA weights `lora_state` (None: the base UNet)."""
-    with unet_lock(model.unet), lora.applied(model.unet, lora_state):
-        yield model.unet
+    """Hold the model's UNet for the block, carrying exactly the LoRA weights `lora_state` (None: the base UNet).
+    On the CPU, this thread's torch thread count follows the thread policy (`dragnb.threads.apply`)."""
+    with unet_lock(model.unet):
+        threads.apply(model.device)
+        with lora.applied(model.unet, lora_state):
+            yield model.unet
 
 
 def guided_unet_fn(model, cond, guidance: float):
