@@ -635,3 +635,21 @@ def test_explorer_shows_its_image_before_the_first_click(session):
     assert "click the image" in fx.info.value
     fx.handle_click(20, 30)
     assert fx.sim_image.layout.display is None and fx.sim_image.value
+
+
+def test_colab_custom_widget_manager_is_turned_on(session, monkeypatch):
+    import sys
+    import types
+    calls = []
+    output = types.SimpleNamespace(enable_custom_widget_manager=lambda: calls.append("on"))
+    colab = types.ModuleType("google.colab")
+    colab.output = output
+    google = types.ModuleType("google")
+    google.colab = colab
+    monkeypatch.setitem(sys.modules, "google", google)
+    monkeypatch.setitem(sys.modules, "google.colab", colab)
+    DragEditor(session)
+    assert calls == ["on"]
+    monkeypatch.delitem(sys.modules, "google.colab")
+    from dragnb.widgets.editor_parts import enable_frontend
+    assert enable_frontend() is None and calls == ["on"]             # elsewhere: nothing is done

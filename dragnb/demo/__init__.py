@@ -7,4 +7,8 @@
 * `dragnb.demo.evaluate` — x0 PSNR per noise level, samples from noise and their fidelity
 * `dragnb.demo.train` — `python -m dragnb.demo.train` reproduces `dragnb/demo/weights/`
 * `dragnb.demo.run`   — `run_demo(out_dir)`: the packaged before/after/GIF demo
+* `dragnb.demo.examples` — `example()`: a shipped scene with its preset drags and mask (README's snippets use it)
 """
+from .examples import Example, example
+
+__all__ = ["Example", "example"]

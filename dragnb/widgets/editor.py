@@ -57,6 +57,7 @@ class DragEditor(EditorJobs, widgets.VBox):
         self._edit_note = None                # what that did to the run (said after Undo/Redo's own words)
         self.preview_every_s = PREVIEW_EVERY_S
 
+        parts.enable_frontend()          # Colab: its custom widget manager, or the canvas stays blank
         image = session.image
         self.canvas = DragCanvas(image, drags=session.drags, mask=session.mask, display_size=display_size)
         self.result_view = DragCanvas(image, interactive=False, display_size=self.canvas.display_size)

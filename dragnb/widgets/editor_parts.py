@@ -6,6 +6,8 @@ Plain functions of a `DragSession` (its public properties only), so each sentenc
 """
 from __future__ import annotations
 
+import sys
+
 import ipywidgets as widgets
 
 # (config field, label, widget class) of the settings panel; values are passed to session.configure().
@@ -33,6 +35,21 @@ ERROR_COLOR = "var(--jp-error-color1, #d32f2f)"
 
 RESULT_VIEW_CLICK = ("the right-hand view shows the result and is read-only: click the input image on the left "
                      "to place handles and targets")
+
+
+# ------------------------------------------------------------------------------------------ front ends
+def enable_frontend() -> str | None:
+    """Make third-party widgets show where the front end needs asking: in Google Colab, turn on its custom
+    widget manager (without it an ipycanvas canvas is a blank output). Returns the front end's name when
+    something was done, else None; never raises."""
+    if "google.colab" not in sys.modules:
+        return None
+    try:
+        from google.colab import output
+        output.enable_custom_widget_manager()
+    except Exception:                 # an old or a changed Colab: the docs say how to do it by hand
+        return None
+    return "colab"
 
 
 # ------------------------------------------------------------------------------------------ layout

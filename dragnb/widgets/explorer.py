@@ -25,6 +25,7 @@ from ipycanvas import Canvas, hold_canvas
 from .. import viz
 from ..drawing import as_rgb_array, drag_label, pair_shapes
 from .canvas_draw import DRAW_LOCK, HEAD_LENGTH, draw_pairs
+from .editor_parts import enable_frontend
 
 __all__ = ["FeatureExplorer"]
 
@@ -42,6 +43,7 @@ class FeatureExplorer(W.VBox):
     """
 
     def __init__(self, session, frames=None, scale: int | None = None, prepare: bool = True):
+        enable_frontend()                # Colab: its custom widget manager, or the canvas stays blank
         self.session = session
         self.frames = dict(frames or {})
         if prepare and not session.is_prepared:
