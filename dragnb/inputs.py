@@ -21,8 +21,7 @@ class EditInputs:
     """The inputs of one edit and their observers (see `DragSession` for the arguments)."""
 
     def __init__(self, model, image, prompt: str = "", seed: int = 0, config: DragConfig | None = None, mask=None):
-        if not all(hasattr(model, a) for a in ("unet", "scheduler", "default_config")):
-            raise TypeError(f"model={model!r} is not a DragModel: get one with dragnb.load_model('demo')")
+        validate.model(model)
         if config is not None and not isinstance(config, DragConfig):
             raise TypeError(f"config={config!r} is not a DragConfig: use model.default_config(**changes)")
         self.model = model
@@ -36,7 +35,7 @@ class EditInputs:
         self._mask = None
         self._set_image(load_image(image))
         if mask is not None:
-            self._mask = load_mask(mask, self.size)
+            self._mask = load_mask(validate.mask_like(mask), self.size)
 
     # ---------------------------------------------------------------- inputs
     def _set_image(self, img: Image.Image):
@@ -100,11 +99,13 @@ class EditInputs:
             new = self._config.replace(**changes)  # raises on unknown fields / bad values, state untouched
             method = get_method(new.method) if new.method != self._config.method else self._method
             changed = {k for k in changes if getattr(new, k) != getattr(self._config, k)}
+            geom = self._geom
             if new.sup_res_scale != self._config.sup_res_scale:
                 geom = Geometry.for_model(self.size, self.model, new.sup_res_scale)
-                for h, t in self._drags:
-                    self._check_pair(h, t, geom)
-                self._geom = geom
+            if geom is not self._geom or new.reach_distance != self._config.reach_distance:
+                for h, t in self._drags:   # the drags must still make sense on the new grid / reach
+                    validate.drag(geom, h, t, self.size, new.reach_distance)
+            self._geom = geom
             self._config, self._method = new, method
             self._inputs_changed(restart=restarts_state(changed))
         self._emit("config")
@@ -127,7 +128,7 @@ class EditInputs:
         return len(self._drags) - 1
 
     def set_drags(self, drags) -> None:
-        checked = [self._check_pair(*validate.pair(d)) for d in drags]
+        checked = [self._check_pair(*validate.pair(d)) for d in validate.drag_list(drags)]
         with self._lock:
             if checked == self._drags:
                 return
@@ -153,7 +154,7 @@ class EditInputs:
 
     def set_mask(self, mask) -> None:
         """Editable region: HxW bool/uint8 array or PIL 'L' (True/255 = may change), or None (all may change)."""
-        m = load_mask(mask, self.size)
+        m = load_mask(validate.mask_like(mask), self.size)
         with self._lock:
             self._mask = m
             self._inputs_changed(restart=False)

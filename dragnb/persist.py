@@ -101,40 +101,56 @@ def save_session(sd: dict, path, model=None) -> None:
             os.remove(tmp)
 
 
+FIX = "load an undamaged copy (dragnb writes atomically: a file it saved is whole unless changed since)"
+
+
+def damaged(path, what: str) -> DamagedSessionFile:
+    """The one error of a damaged file: 'this .dragnb file is damaged: <path> <what>; <the fix>'."""
+    return DamagedSessionFile(f"this .dragnb file is damaged: {path!r} {what}; {FIX}")
+
+
 def load_session(path, model) -> dict:
-    """Read a session file back into a `state_dict()` for `model`; refuses damage and another model clearly."""
+    """Read a session file back into a `state_dict()` for `model`; refuses damage and another model clearly.
+
+    Every kind of damage (truncated, garbage, a flipped bit, an edited header or tensor, a missing entry) raises
+    `DamagedSessionFile`; a file of another model (name or weights) raises a plain `ValueError`.
+    """
     from safetensors import safe_open
-    path = os.fspath(path)
+
+    from . import validate
+    path = validate.path(path)
+    validate.model(model)
     if not os.path.isfile(path):
-        raise ValueError(f"session file {path!r} does not exist")
+        raise ValueError(f"session file {path!r} does not exist: give the path of a file saved by session.save()")
     try:
         with safe_open(path, "pt") as f:
             meta = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:  # safetensors raises its own error types on truncated or garbage files
-        raise DamagedSessionFile(f"this .dragnb file is damaged or is not a session file: {path!r} ({e})") from None
+        raise damaged(path, f"is not a readable safetensors file ({type(e).__name__}: {e})") from None
     raw = meta.get("dragnb")
     if raw is None:
-        raise DamagedSessionFile(f"this .dragnb file is damaged or is not a session file: {path!r} has no 'dragnb' "
-                                 "header")
+        raise damaged(path, "has no 'dragnb' header (or it is not a dragnb session file)")
+    checksum = meta.get("dragnb_sha256")
+    if checksum is not None and checksum != _digest(raw, tensors):   # first: a flipped bit anywhere is damage
+        raise damaged(path, "does not match its checksum (a changed header or tensor)")
     try:
         head = json.loads(raw)
         fmt, version = head.get("format"), head.get("version")
     except (ValueError, AttributeError) as e:
-        raise DamagedSessionFile(f"this .dragnb file is damaged: its header is not valid JSON ({e})") from None
+        raise damaged(path, f"has a header that is not valid JSON ({e})") from None
     if fmt != FORMAT or version not in (1, VERSION):
         raise ValueError(f"{path!r} has format {fmt} v{version}; this dragnb reads {FORMAT} v1 and v{VERSION}: "
                          "upgrade dragnb to read it")
-    if version == 1:
-        return _from_v1(head, tensors, model, path)
-    if meta.get("dragnb_sha256") != _digest(raw, tensors):
-        raise DamagedSessionFile(f"this .dragnb file is damaged: {path!r} does not match its checksum (a changed "
-                                 "header or tensor)")
+    if version != 1 and checksum is None:
+        raise damaged(path, "has no checksum")
     try:
+        if version == 1:
+            return _from_v1(head, tensors, model, path)
         sd = _unflatten(head["tree"], tensors, model.device)
         saved_model, fp = sd["model"], head.get("fingerprint")
-    except (KeyError, TypeError) as e:
-        raise DamagedSessionFile(f"this .dragnb file is damaged: {path!r} lacks {e}") from None
+    except (KeyError, TypeError, IndexError, AttributeError) as e:
+        raise damaged(path, f"lacks {e}" if isinstance(e, KeyError) else f"has a malformed header ({e})") from None
     _check_model(path, saved_model, fp, model)
     return sd
 

@@ -5,6 +5,7 @@ What each change invalidates is in `dragnb/invalidation.py`; the drag method is 
 """
 from __future__ import annotations
 
+import os
 import threading
 
 import torch
@@ -47,6 +48,7 @@ class DragSession(EditInputs):
         self._state: DragState | None = None
         self._result_cache = None
         self.stop_reason: str | None = None
+        cache = validate.cache(cache, validate.model(model))
         self.cache = cache if cache is not None else SourceCache(model)
         self._stop = threading.Event()
         super().__init__(model, image, prompt, seed, config, mask)
@@ -183,6 +185,7 @@ class DragSession(EditInputs):
         """Optimise until every handle reaches its target, `max_steps` steps (default: up to config.drag_steps in
         all), `callback(record)` returns False, or `stop()` is called from another thread."""
         max_steps = validate.whole(max_steps, "max_steps", minimum=0, allow_none=True)
+        validate.callback(callback)
         if not self.drags:
             raise ValueError("no drags: add one with session.add_drag(handle=(x, y), target=(x, y)) before run()")
         self._stop.clear()
@@ -238,10 +241,11 @@ class DragSession(EditInputs):
 
     def latent_at(self, step: int):
         """The latent after `step` (0 = the inverted latent) if a snapshot holds it, else None."""
+        step = validate.whole(step, "step", minimum=0)
         with self._lock:
             if self._state is not None:
                 return self._state.latent_at(step)
-            if int(step) == 0 and self.is_prepared:
+            if step == 0 and self.is_prepared:
                 return self.cache.invert(self.spec).zt.clone()
             return None
 
@@ -277,14 +281,11 @@ class DragSession(EditInputs):
         For experiments on the edit: `render_latent(latent_at(0) + d)` renders an edit `d` of your own.
         `mutual`: mutual self-attention with the source path (default: the config's `mutual_attention`).
         """
+        mutual = validate.flag(mutual, "mutual", allow_none=True)
         with self._lock:
             zt = self._source()[1].zt
-            z = torch.as_tensor(latent)
-            if tuple(z.shape) != tuple(zt.shape):
-                raise ValueError(f"latent has shape {tuple(z.shape)} but this session's step-t latents are "
-                                 f"{tuple(zt.shape)}: start from latent_at(0) or current_latent()")
-            return self._render(z.to(zt.device, zt.dtype), 0,
-                                self.config.mutual_attention if mutual is None else bool(mutual))
+            z = validate.latent(latent, zt.shape)
+            return self._render(z.to(zt.device, zt.dtype), 0, self.config.mutual_attention if mutual is None else mutual)
 
     def reconstruction(self) -> Image.Image:
         """Denoise the unedited inverted latent (no mutual attention): how faithful the inversion is."""
@@ -340,7 +341,7 @@ class DragSession(EditInputs):
     def from_state_dict(cls, sd: dict, model) -> "DragSession":
         """A session rebuilt from `state_dict()` on `model` (same name required)."""
         s = cls(model, sd["image"], prompt=sd["prompt"], seed=sd["seed"], config=DragConfig.from_dict(sd["config"]))
-        s.set_drags([(tuple(h), tuple(t)) for h, t in sd["drags"]])
+        s.set_drags(sd["drags"])
         if sd["mask"] is not None:
             s.set_mask(sd["mask"])
         s.cache.load_state_dict(s.spec, sd["cache"])
@@ -353,12 +354,18 @@ class DragSession(EditInputs):
     def save(self, path) -> None:
         """Everything needed to continue bit-exactly, in one safetensors file (tensors + a JSON header)."""
         from .persist import model_fingerprint, save_session
+        path = validate.path(path)
         save_session({**self.state_dict(), "fingerprint": model_fingerprint(self.model)}, path)
 
     @classmethod
     def load(cls, path, model) -> "DragSession":
-        from .persist import load_session
-        return cls.from_state_dict(load_session(path, model), model)
+        from .persist import damaged, load_session
+        sd = load_session(validate.path(path), validate.model(model))
+        try:
+            return cls.from_state_dict(sd, model)
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as e:   # consistent file, wrong content
+            what = f"it lacks {e}" if isinstance(e, KeyError) else str(e)
+            raise damaged(os.fspath(path), f"holds a session that cannot be rebuilt ({what})") from None
 
     def __repr__(self):
         return (f"DragSession({self.size[0]}×{self.size[1]}, model={self.model.name!r}, "
