@@ -1,4 +1,4 @@
-"""Command line: `python -m dragnb demo | edit | bench`.
+"""Command line: `python -m dragnb demo | edit | bench | dragbench`.
 
 Every user error — a bad option, an unreadable image or mask, a drag outside the image, an output path that
 cannot be written — is one line on stderr and exit status 2, never a traceback. Output paths, the image, the mask
@@ -170,7 +170,111 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--lora-steps", type=_whole(0), default=80)
     b.add_argument("--repeats", type=_whole(1), default=1)
     b.add_argument("--json", default=None, help="write the figures to this JSON file")
+
+    db = sub.add_parser("dragbench", help="run drag methods on a DragBench-format dataset (resumable, many GPUs)",
+                        description="Run every sample of DATA_DIR (category folders of DragBench samples) with every "
+                                    "method, write each edit and its JSON record under --out, resume where a previous "
+                                    "run stopped, and end with tables per method and category (MD, fidelity, time). "
+                                    "Under `accelerate launch --multi_gpu --num_processes N` the samples are split "
+                                    "across the processes. See docs/dragbench.md.")
+    db.add_argument("data_dir", metavar="DATA_DIR", help="dataset folder: category folders of sample folders")
+    db.add_argument("--out", required=True, help="results folder (created; a second run resumes into it)")
+    db.add_argument("--model", default="demo", help="the editing model: 'demo' (default), a diffusers folder, a "
+                                                     "checkpoint or a hub id")
+    db.add_argument("--methods", default="dragdiffusion", type=_method_list,
+                    help="comma-separated drag methods, run on each image in one session (default dragdiffusion)")
+    db.add_argument("--limit", type=_whole(1), default=None, help="only the first N samples (sorted by category, name)")
+    db.add_argument("--steps", type=_whole(1), default=None, help="most drag steps (default: each method's)")
+    db.add_argument("--lora-steps", type=_whole(0), default=None, help="LoRA fine-tune steps (default: the model's)")
+    db.add_argument("--inference-steps", type=_whole(2), default=None,
+                    help="DDIM steps of the schedule (default 50; fewer for smoke runs)")
+    db.add_argument("--seed", type=int, default=0, help="seed of each LoRA fine-tune (default 0)")
+    db.add_argument("--device", default=None, help="cpu or cuda (default: the process's accelerator, else cuda when "
+                                                   "available)")
+    db.add_argument("--dtype", default=None, type=_dtype_name, help="float32, float16, bfloat16")
+    db.add_argument("--md-model", default=None, help="model whose features measure MD (default: --model; the "
+                                                     "official uses stabilityai/stable-diffusion-2-1)")
+    db.add_argument("--md-timestep", type=_whole(0), default=None,
+                    help="MD noise timestep (default: the noise level of SD's t = 261)")
+    db.add_argument("--md-block", type=_whole(0), default=1, help="MD feature up-block (default 1, as official)")
+    db.add_argument("--md-ensemble", type=_whole(1), default=8, help="MD noise draws averaged (default 8)")
+    db.add_argument("--no-md", action="store_true", help="skip the MD measure")
+    db.add_argument("--retry-errors", action="store_true", help="run again the samples whose record is an error")
+    db.add_argument("--report-only", action="store_true", help="only assemble the tables from the records in --out")
+    db.add_argument("--wait", type=float, default=3600.0,
+                    help="seconds process 0 waits for the other processes' records when no barrier is available "
+                         "(default 3600)")
     return p
+
+
+def _method_list(text: str) -> tuple:
+    """--methods: known method names, comma-separated, no repeats (checked when the command line is read)."""
+    from .methods import available
+    names = [m.strip() for m in text.split(",") if m.strip()]
+    bad = [m for m in names if m not in available()]
+    if not names or bad or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"{text!r}: give distinct methods from {', '.join(available())}, "
+                                         "comma-separated (e.g. dragdiffusion,gooddrag)")
+    return tuple(names)
+
+
+def check_dragbench(a):
+    """Everything the dragbench command can check before any model work: the dataset, --out, --wait."""
+    from .dragbench.format import find_samples
+    data = os.path.abspath(a.data_dir)
+    if not os.path.isdir(data):
+        raise ValueError(f"DATA_DIR {a.data_dir!r} is not a folder: give the folder that holds the category folders")
+    _check_new_folder(a.out, "--out")
+    out = os.path.abspath(a.out)
+    if out == data or out.startswith(data + os.sep):
+        raise ValueError(f"--out {a.out!r} lies inside DATA_DIR {a.data_dir!r}: results would be read as samples; "
+                         "give a folder outside the dataset")
+    if a.wait < 0:
+        raise ValueError(f"--wait {a.wait}: give seconds ≥ 0")
+    if a.report_only:
+        if not os.path.isdir(a.out):
+            raise ValueError(f"--report-only: --out {a.out!r} does not exist: run the benchmark into it first")
+        return []
+    refs = find_samples(data)
+    if not refs:
+        raise ValueError(f"DATA_DIR {a.data_dir!r} holds no samples: a DragBench dataset is category folders of "
+                         "sample folders, each with original_image.png and meta_data.pkl (or meta.json)")
+    return refs
+
+
+def cmd_dragbench(a) -> int:
+    from .dragbench.parallel import this_process, wait_for_files
+    from .dragbench.report import write_report
+    from .dragbench.runner import RunOptions, plan, record_path, run_dragbench
+    check_dragbench(a)
+    if a.report_only:
+        _, text = write_report(a.out)
+        print(text)
+        return 0
+    changes = {k: v for k, v in dict(drag_steps=a.steps, lora_steps=a.lora_steps,
+                                     n_inference_steps=a.inference_steps).items() if v is not None}
+    opts = RunOptions(model=a.model, methods=a.methods, limit=a.limit, changes=changes, seed=a.seed,
+                      device=a.device, dtype=_dtype(a.dtype), md=not a.no_md, md_model=a.md_model,
+                      md_t=a.md_timestep, md_block=a.md_block, md_ensemble=a.md_ensemble, retry_errors=a.retry_errors)
+    proc = this_process()
+    os.makedirs(a.out, exist_ok=True)
+    log = lambda msg: print(msg, flush=True)  # noqa: E731
+    stats = run_dragbench(a.data_dir, a.out, opts, proc, log)
+    tag = f"process {proc.rank + 1}/{proc.world}: " if proc.world > 1 else ""
+    log(f"{tag}ran {stats['ran']} edit(s) ({stats['errors']} error(s)), kept {stats['skipped']} finished, "
+        f"{stats['seconds']:.1f} s")
+    if proc.barrier is not None:
+        proc.barrier()
+    if proc.rank != 0:
+        return 0
+    expected = [record_path(a.out, m, r) for r in plan(a.data_dir, a.limit) for m in a.methods]
+    if proc.world > 1 and proc.barrier is None:
+        wait_for_files(expected, a.wait, log)
+    _, text = write_report(a.out, expected=len(expected))
+    print()
+    print(text)
+    print(f"\nwrote {os.path.join(a.out, 'summary.md')} and summary.json")
+    return 0
 
 
 def check_edit(a):
@@ -253,6 +357,8 @@ def main(argv=None) -> int:
             print(json.dumps({k: rec[k] for k in rec if k in ("timings_s", "final_handles", "drags")}, indent=1))
             print(f"wrote before.png, after.png, drag.gif, record.json into {a.out}")
             return 0
+        if a.command == "dragbench":
+            return cmd_dragbench(a)
         if a.command == "bench":
             if a.json:
                 _check_new_file(a.json, "--json")
