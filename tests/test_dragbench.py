@@ -267,6 +267,24 @@ def test_one_process_run(dataset, one_process_run, capsys):
     assert main(["dragbench", str(data), "--out", str(one_process_run), "--limit", "7", *METHODS, *TINY]) == 0
     assert "14 finished record(s) kept, 0 to run" in capsys.readouterr().out
     assert _records(one_process_run) == recs
+    assert main(["dragbench", str(data), "--out", str(one_process_run), "--report-only"]) == 0
+    assert "| dragdiffusion | triangle | 1 | 0 |" in capsys.readouterr().out
+
+
+def test_processes_split_the_sorted_samples(monkeypatch):
+    from dragnb.dragbench.parallel import shard, this_process
+    for k in ("MASTER_ADDR", "RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(k, raising=False)
+    assert (this_process().rank, this_process().world) == (0, 1)
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    monkeypatch.setenv("RANK", "2")
+    p = this_process()
+    assert (p.rank, p.world, p.launcher, p.barrier) == (2, 3, "env", None)
+    items = list(range(8))
+    assert [shard(items, r, 3) for r in range(3)] == [[0, 3, 6], [1, 4, 7], [2, 5]]
+    monkeypatch.setenv("RANK", "3")
+    with pytest.raises(ValueError, match="RANK=3 is outside 0..2"):
+        this_process()
 
 
 @pytest.mark.slow

@@ -55,7 +55,10 @@ def this_process() -> Process:
                 return Process(st.process_index, st.num_processes, str(st.device), st.wait_for_everyone,
                                "accelerate")
     import torch
-    device = f"cuda:{local % torch.cuda.device_count()}" if torch.cuda.is_available() else None
+    device = None
+    if torch.cuda.is_available():
+        device = f"cuda:{local % torch.cuda.device_count()}"
+        torch.cuda.set_device(device)       # so that a bare "cuda" in any library means this process's GPU too
     return Process(rank, world, device, None, "env")
 
 
