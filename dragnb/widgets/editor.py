@@ -80,7 +80,7 @@ class DragEditor(EditorJobs, widgets.VBox):
                                   ["input and result side by side", "the input only", "the result only"])
         self.view.observe(self._on_view_changed, names="value")
         self.method = widgets.Dropdown(options=available(), value=session.config.method, description="method",
-                                       style={"description_width": "50px"}, layout=widgets.Layout(width="200px"))
+                                       style={"description_width": "initial"}, layout=widgets.Layout(width="auto"))
         self.method.observe(self._on_method_changed, names="value")
 
         self.buttons = {}
@@ -96,7 +96,7 @@ class DragEditor(EditorJobs, widgets.VBox):
                                     button("redo", "Redo", self.redo, "redo what Undo undid (Ctrl-Y)"),
                                     button("clear_points", "Clear points", self.canvas.clear_points),
                                     button("clear_mask", "Clear mask", self.canvas.clear_mask),
-                                    button("keys", "Keys", self.show_keys, parts.KEYS_HELP, icon="keyboard")])
+                                    button("keys", "Keys", self.show_keys, parts.KEYS_HELP)])
         actions = parts.wrapping_row([
             button("prepare", "Prepare", self.prepare, "LoRA fine-tune + inversion (cached)"),
             button("step", "Step", self.step, "one drag step (Space)"),

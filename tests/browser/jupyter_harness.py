@@ -25,16 +25,19 @@ CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-b
 
 
 def missing_requirements() -> str | None:
-    """Why the browser test cannot run here, or None when it can."""
+    """Everything the browser test lacks here (all of it, in one sentence), or None when it can run."""
+    missing = []
     if not os.path.exists(CHROMIUM):
-        return f"no chromium at {CHROMIUM} (run .ci/install_browser.sh: apt-get install -y chromium)"
-    for module, pip_name in (("playwright", "playwright"), ("jupyterlab", "jupyterlab"),
+        missing.append(f"chromium (no {CHROMIUM}: apt-get install -y chromium)")
+    for module, pip_name in (("playwright", "playwright"), ("jupyterlab", "jupyterlab"), ("notebook", "notebook"),
                              ("websocket", "websocket-client"), ("ipykernel", "ipykernel")):
         try:
             __import__(module)
         except ImportError:
-            return f"python package {pip_name!r} is not installed (run .ci/install_browser.sh)"
-    return None
+            missing.append(f"the python package {pip_name!r}")
+    if not missing:
+        return None
+    return "missing " + ", ".join(missing) + " (bash .ci/install_browser.sh installs them all)"
 
 
 def free_port() -> int:
