@@ -653,3 +653,18 @@ def test_colab_custom_widget_manager_is_turned_on(session, monkeypatch):
     monkeypatch.delitem(sys.modules, "google.colab")
     from dragnb.widgets.editor_parts import enable_frontend
     assert enable_frontend() is None and calls == ["on"]             # elsewhere: nothing is done
+
+
+def test_a_moved_point_after_a_run_says_what_happened(session):
+    session.configure(drag_steps=2)
+    e = DragEditor(session)
+    click(e.canvas, (16, 32))
+    click(e.canvas, (44, 32))
+    _run_to_end(e)
+    n = session.n_steps
+    c = e.canvas                                          # drag the target a little: no canvas message of its own
+    c.handle_mouse_down(*c.image_to_display(44, 32))
+    c.handle_mouse_move(*c.image_to_display(48, 36))
+    c.handle_mouse_up(*c.image_to_display(48, 36))
+    assert session.drags == [((16.0, 32.0), (48.0, 36.0))] and session.n_steps == 0
+    assert e.status_text == f"drags changed on the canvas; the {n}-step run was reset: Run starts over from the input"

@@ -55,6 +55,7 @@ class DragEditor(EditorJobs, widgets.VBox):
         self._known_steps = session.n_steps   # the run's length as the editor last showed it
         self._edit_origin = None              # what the user just did, while the session reacts to it
         self._edit_note = None                # what that did to the run (said after Undo/Redo's own words)
+        self._fresh_message = None            # the canvas's message during the gesture under way
         self.preview_every_s = PREVIEW_EVERY_S
 
         parts.enable_frontend()          # Colab: its custom widget manager, or the canvas stays blank
@@ -160,6 +161,7 @@ class DragEditor(EditorJobs, widgets.VBox):
 
     def _on_canvas_message(self, change):
         if change["new"]:
+            self._fresh_message = change["new"]   # what the gesture under way said (read by the edit it makes)
             self.say(change["new"], error=self.canvas.message_is_error)
 
     def handle_result_click(self, x: float, y: float) -> None:
@@ -212,7 +214,7 @@ class DragEditor(EditorJobs, widgets.VBox):
         if self._syncing:
             return
         try:
-            self._edit_origin = self._edit_origin or self.canvas.message or "drags changed"
+            self._edit_origin = self._edit_origin or self._fresh_message or "drags changed on the canvas"
             self.session.set_drags(list(drags))
         except (ValueError, TypeError) as e:
             self.say(str(e), error=True)
@@ -221,6 +223,7 @@ class DragEditor(EditorJobs, widgets.VBox):
             if len(new) == len(accepted) + 1 and new[:-1] == accepted and self.canvas.interactive:
                 self.canvas.pending = new[-1][0]     # the refused pair's handle waits for another target
         finally:
+            self._fresh_message = None
             if self._edit_origin not in ("undo", "redo"):
                 self._edit_origin = None
 
@@ -228,12 +231,13 @@ class DragEditor(EditorJobs, widgets.VBox):
         if self._syncing:
             return
         try:
-            self._edit_origin = self._edit_origin or self.canvas.message or "mask changed"
+            self._edit_origin = self._edit_origin or self._fresh_message or "mask changed on the canvas"
             self.session.set_mask(mask)
         except (ValueError, TypeError) as e:
             self.say(str(e), error=True)
             self._sync_from_session("mask")
         finally:
+            self._fresh_message = None
             if self._edit_origin not in ("undo", "redo"):
                 self._edit_origin = None
 
