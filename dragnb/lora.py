@@ -116,7 +116,8 @@ def train_lora(model, z0: torch.Tensor, cond: torch.Tensor, *, rank: int = 16, s
             kind = sched.config.prediction_type
             target = noise if kind == "epsilon" else sched.get_velocity(x0, noise, t) if kind == "v_prediction" else x0
             with torch.autocast(device.type, dtype=model.dtype, enabled=model.dtype != torch.float32):
-                pred = unet(noisy.to(model.dtype), t, encoder_hidden_states=cond.expand(batch_size, *cond.shape[1:])).sample
+                emb = cond.expand(batch_size, *cond.shape[1:])
+                pred = unet(noisy.to(model.dtype), t, encoder_hidden_states=emb).sample
             loss = F.mse_loss(pred.float(), target.float())
             opt.zero_grad(set_to_none=True)
             loss.backward()

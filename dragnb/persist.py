@@ -181,7 +181,8 @@ def _from_v1(head, t, model, path) -> dict:
         cache["inversion"] = {"z0": t["inv/z0"].to(dev), "zt": t["inv/zt"].to(dev), "t": tt,
                               "generated": head["generated"] is not None}
     if "feat/feat0" in t:
-        cache["features"] = {"ts": [tt], "latents": torch.cat([t["inv/zt"], t["feat/x_prev0"]]).to(dev), "feats": t["feat/feat0"].to(dev),
+        cache["features"] = {"ts": [tt], "latents": torch.cat([t["inv/zt"], t["feat/x_prev0"]]).to(dev),
+                             "feats": t["feat/feat0"].to(dev),
                              "x_prevs": t["feat/x_prev0"].to(dev)}
     if head["generated"] is not None:
         cache["generation"] = {"n": head["generated"]["n"], "latents": t["gen/latents"].to(dev)}

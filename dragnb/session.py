@@ -105,6 +105,8 @@ class DragSession(EditInputs):
     def _inputs_changed(self, restart: bool) -> None:
         if restart:
             self._state = None
+        elif self._state is not None:      # the next steps use new settings: a rewind must not replay old ones
+            self._state.keep_recent()
         self._result_cache = None
 
     def _reset_state(self):
@@ -285,7 +287,8 @@ class DragSession(EditInputs):
         with self._lock:
             zt = self._source()[1].zt
             z = validate.latent(latent, zt.shape)
-            return self._render(z.to(zt.device, zt.dtype), 0, self.config.mutual_attention if mutual is None else mutual)
+            mutual = self.config.mutual_attention if mutual is None else mutual
+            return self._render(z.to(zt.device, zt.dtype), 0, mutual)
 
     def reconstruction(self) -> Image.Image:
         """Denoise the unedited inverted latent (no mutual attention): how faithful the inversion is."""

@@ -71,6 +71,7 @@ class DragState:
         self.reached = False
         self.history: list[StepRecord] = []
         self.snapshots: dict[int, dict] = {}
+        self.recent: dict[int, dict] = {}     # every step since the last snapshot (at most snapshot_every - 1)
         self.snapshot(0)
 
     @property
@@ -150,6 +151,9 @@ class DragState:
             pos.index, int(ref.t)))
         if snap:
             self.snapshot(step_no)
+            self.recent.clear()
+        else:
+            self.recent[step_no] = self._capture()
         return self.history[-1]
 
     # ------------------------------------------------------------------ snapshots, rewind
@@ -168,18 +172,27 @@ class DragState:
     def snapshot(self, step: int) -> None:
         self.snapshots[step] = self._capture()
 
+    def keep_recent(self) -> None:
+        """The settings a step depends on are about to change (mask, a drag setting) while the state is kept: the
+        steps since the last snapshot become snapshots, so a later rewind never replays them with the new settings
+        (replay uses the settings of its call). Costs nothing but their memory (< snapshot_every snapshots)."""
+        self.snapshots.update(self.recent)
+        self.recent.clear()
+
     def latent_at(self, step: int) -> torch.Tensor | None:
-        snap = self.snapshots.get(int(step))
+        snap = self.snapshots.get(int(step)) or self.recent.get(int(step))
         return None if snap is None else snap["latent"].clone()
 
     def rewind(self, k: int, ctx: StepContext) -> None:
-        """Undo the last k steps exactly: restore the nearest snapshot, replay the steps in between."""
+        """Undo the last k steps exactly: restore the nearest snapshot, replay the steps in between (all taken with
+        the settings of `ctx`: see `keep_recent`)."""
         target = self.n_steps - int(k)
-        base = max(s for s in self.snapshots if s <= target)
-        self._put(self.snapshots[base])
+        held = {**self.snapshots, **self.recent}
+        base = max(s for s in held if s <= target)
+        self._put(held[base])
         del self.history[base:]
-        for s in [s for s in self.snapshots if s > base]:
-            del self.snapshots[s]
+        self.snapshots = {s: v for s, v in self.snapshots.items() if s <= base}
+        self.recent = {s: v for s, v in self.recent.items() if s <= base}
         while self.n_steps < target:
             if self.step(ctx) is None:
                 break
@@ -195,7 +208,7 @@ class DragState:
                     "position": list(asdict(s["position"]).values())}
         return {"method": self.method.name, "handles0_rc": self.handles0_rc, "targets_rc": self.targets_rc,
                 "current": snap(self._capture()), "history": [asdict(r) for r in self.history],
-                "snapshots": {str(k): snap(v) for k, v in self.snapshots.items()}}
+                "snapshots": {str(k): snap(v) for k, v in {**self.snapshots, **self.recent}.items()}}
 
     def load_state_dict(self, sd: dict) -> None:
         """Put back a `state_dict()`: continues bit-exactly."""
@@ -216,4 +229,5 @@ class DragState:
         self.history = [StepRecord(**{**r, "handles": [tuple(p) for p in r["handles"]],
                                       "handles_grid": [tuple(p) for p in r["handles_grid"]]}) for r in sd["history"]]
         self.snapshots = {int(k): unsnap(v) for k, v in sd["snapshots"].items()}
+        self.recent = {}
         self._put(unsnap(sd["current"]))

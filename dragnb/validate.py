@@ -158,9 +158,10 @@ def drag(geom, handle, target, image_wh, reach_distance: float | None = None):
     cells = math.hypot(r1 - r0, c1 - c0)
     if reach_distance is not None and cells < min(reach_distance, MIN_DRAG_CELLS):
         cell = image_wh[0] / geom.grid_hw[1]
+        shortest = math.ceil(min(reach_distance, MIN_DRAG_CELLS) * cell)
         raise ValueError(f"drag {h} -> {t} is {cells:.1f} grid cells long ({cell:.1f} px a cell), under "
                          f"reach_distance={reach_distance:g}: tracking would count it as reached before any step. "
-                         f"Drag farther (at least {math.ceil(min(reach_distance, MIN_DRAG_CELLS) * cell)} px), or lower "
+                         f"Drag farther (at least {shortest} px), or lower "
                          "reach_distance")
     if reach_distance is not None and cells < reach_distance:
         import warnings

@@ -8,7 +8,6 @@ import struct
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from dragnb import DragSession, SourceCache
 from dragnb.models import tiny_model
@@ -130,7 +129,8 @@ P = pytest.param
 # (call on the session s / the model m / the files f, exception, regex on the message: the value and the fix)
 CATALOGUE = [
     # --- the constructor
-    P(lambda s, m, f: DragSession(None, scene()), TypeError, r"model=None is not a DragModel.*load_model", id="model=None"),
+    P(lambda s, m, f: DragSession(None, scene()), TypeError, r"model=None is not a DragModel.*load_model",
+      id="model=None"),
     P(lambda s, m, f: DragSession("demo", scene()), TypeError, r"model='demo' is not a DragModel.*load_model",
       id="model=str"),
     P(lambda s, m, f: DragSession(m, scene(), config={"lam": 0.1}), TypeError,
@@ -175,7 +175,8 @@ CATALOGUE = [
       id="add_drag-nan"),
     P(lambda s, m, f: s.add_drag((5, 5), (5, math.inf)), ValueError, r"target \(5, inf\) is not finite",
       id="add_drag-inf"),
-    P(lambda s, m, f: s.add_drag((300, 20), (5, 5)), ValueError, r"handle \(300, 20\) is outside the 32×32 image: use 0 ≤ x ≤ 31",
+    P(lambda s, m, f: s.add_drag((300, 20), (5, 5)), ValueError,
+      r"handle \(300, 20\) is outside the 32×32 image: use 0 ≤ x ≤ 31",
       id="add_drag-outside"),
     P(lambda s, m, f: s.add_drag((-1, 5), (5, 5)), ValueError, r"handle \(-1, 5\) is outside", id="add_drag-neg"),
     P(lambda s, m, f: s.add_drag(None, (5, 5)), TypeError, r"handle None is not a point", id="add_drag-None"),
@@ -190,7 +191,8 @@ CATALOGUE = [
     P(lambda s, m, f: s.add_drag((4, 5), (4.4, 5)), ValueError, r"same feature cell.*drag farther",
       id="add_drag-same-cell"),
     P(lambda s, m, f: s.add_drag((10, 16), (12, 16)), ValueError,
-      r"drag \(10.0, 16.0\) -> \(12.0, 16.0\) is 1.0 grid cells long.*Drag farther \(at least 4 px\)", id="add_drag-one-cell"),
+      r"drag \(10.0, 16.0\) -> \(12.0, 16.0\) is 1.0 grid cells long.*Drag farther \(at least 4 px\)",
+      id="add_drag-one-cell"),
     P(lambda s, m, f: s.add_drag((10, 16), (12, 18)), ValueError, r"is 1.4 grid cells long.*Drag farther",
       id="add_drag-one-cell-diagonal"),
     P(lambda s, m, f: s.set_drags(None), TypeError, r"drags=None is not a list of drags: give", id="set_drags-None"),
@@ -307,3 +309,191 @@ def test_the_session_still_works_after_the_catalogue(s, files, model):
     assert [r.loss for r in s.step(1)] == [r.loss for r in twin.step(1)]
     assert torch.equal(s.current_latent(), twin.current_latent())
     s.rewind(1)
+
+
+@pytest.mark.parametrize("change", ["mask", "drag_lr", "save-load then drag_lr"])
+def test_rewind_across_a_kept_change_lands_exactly(model, tmp_path, change):
+    """Found by the sequences below: a step taken before a mask or drag-setting change, between two snapshots, was
+    replayed by rewind with the new settings (a different latent). Now such steps are kept as snapshots."""
+    cfg = model.default_config(**{**FAST, "snapshot_every": 3})
+    s = DragSession(model, scene(), prompt="a disc", seed=0, config=cfg)
+    s.add_drag((10, 16), (22, 16))
+    s.step(2)
+    after2 = s.current_latent()
+    if change.startswith("save-load"):
+        s.save(tmp_path / "s.dragnb")
+        s = DragSession.load(tmp_path / "s.dragnb", model)
+    if change == "mask":
+        m = np.zeros((32, 32), bool)
+        m[8:24, 4:30] = True
+        s.set_mask(m)
+    else:
+        s.configure(drag_lr=0.02)
+    s.step(2)
+    s.rewind(2)
+    assert s.n_steps == 2 and torch.equal(s.current_latent(), after2)
+
+
+# ----------------------------------------------------------------------------- random sequences (hypothesis)
+# Random sequences of public operations on one session, checking its invariants: the history length equals the steps
+# taken since the last restart; rewind then replay is bit-exact; a rejected call changes nothing; save/load continues
+# identically; stop() ends a run before its next step. Few examples, derandomized: the same sequences in every run.
+try:
+    from hypothesis import HealthCheck, Phase, settings, strategies as st
+    from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+except ImportError:   # the `test` extras install it
+    RuleBasedStateMachine = None
+
+if RuleBasedStateMachine is None:
+    def test_session_operations():
+        pytest.skip("hypothesis is not installed: pip install -e '.[test]'")
+else:
+    from dragnb.invalidation import restarts_state
+
+    PROP_FAST = {**FAST, "drag_steps": 40}
+    DRAGS = [((10, 16), (22, 16)), ((16, 8), (16, 20)), ((24, 24), (14, 26)), ((6, 6), (12, 12))]
+    MASKS = [None, np.pad(np.ones((24, 28), bool), ((4, 4), (2, 2))), np.pad(np.ones((16, 32), bool), ((8, 8), (0, 0)))]
+    CONFIG = {"lam": [0.1, 0.3], "drag_lr": [0.01, 0.02], "r_m": [1, 2],            # drag-only
+              "inversion_strength": [0.7, 0.5], "lora_steps": [2, 3]}            # the cache's stages
+    BAD = [lambda s: s.add_drag("20,24", (5, 5)), lambda s: s.add_drag((20, 24, 99), (5, 5)),
+           lambda s: s.add_drag((float("nan"), 3), (5, 5)), lambda s: s.add_drag((10, 16), (12, 16)),
+           lambda s: s.step(2.5), lambda s: s.run(max_steps=-5), lambda s: s.rewind(10**6),
+           lambda s: s.configure(drag_steps=2.5), lambda s: s.configure(bogus=1),
+           lambda s: s.set_mask(np.zeros((3, 3))),
+           lambda s: s.remove_drag(99), lambda s: setattr(s, "prompt", None), lambda s: s.latent_at(1.5)]
+    _MODEL = {}
+
+    def shared_model():
+        if "m" not in _MODEL:
+            _MODEL["m"] = tiny_model(seed=0)
+            _MODEL["cache"] = SourceCache(_MODEL["m"], max_entries=8)   # shared by every example: prepare once
+        return _MODEL["m"]
+
+    def observe_ops(s):
+        return (s.drags, None if s.mask is None else s.mask.tobytes(), s.config, s.n_steps,
+                [(r.loss, r.handles) for r in s.history], s.prompt, s.seed, s.handles)
+
+    class SessionMachine(RuleBasedStateMachine):
+        def __init__(self):
+            super().__init__()
+            m = shared_model()
+            self.s = DragSession(m, scene(), prompt="a disc", seed=0, config=m.default_config(**PROP_FAST),
+                                 cache=_MODEL["cache"])
+            self.s.add_drag(*DRAGS[0])
+            self.restart()
+
+        def restart(self):
+            self.steps = 0                  # steps taken since the last restart, as this machine counts them
+            self.latents = {}               # step -> the latent after it, as first seen
+            self.kept_at = 0                # the step count at the last change that kept the drag state
+
+        def took(self, records):
+            self.steps += len(records)
+            self.latents.setdefault(self.steps, self.s.current_latent())
+
+        def kept(self):
+            self.kept_at = self.steps
+
+        # ---------------------------------------------------------------- inputs
+        @precondition(lambda self: len(self.s.drags) < 3)
+        @rule(i=st.integers(0, len(DRAGS) - 1))
+        def add_drag(self, i):
+            self.s.add_drag(*DRAGS[i])
+            self.restart()
+
+        @precondition(lambda self: len(self.s.drags) > 1)
+        @rule(data=st.data())
+        def remove_drag(self, data):
+            self.s.remove_drag(data.draw(st.integers(0, len(self.s.drags) - 1)))
+            self.restart()
+
+        @rule(i=st.integers(0, len(MASKS) - 1))
+        def set_mask(self, i):
+            self.s.set_mask(MASKS[i])                       # the drag is kept: the next step uses the new mask
+            assert self.s.n_steps == self.steps
+            if self.steps:
+                assert torch.equal(self.s.current_latent(), self.latents[self.steps])
+            self.kept()
+
+        @rule(field=st.sampled_from(sorted(CONFIG)), i=st.integers(0, 1))
+        def configure(self, field, i):
+            value = CONFIG[field][i]
+            changed = {field} if getattr(self.s.config, field) != value else set()
+            self.s.configure(**{field: value})
+            if restarts_state(changed):
+                self.restart()
+            else:
+                self.kept()
+
+        # ---------------------------------------------------------------- verbs
+        @rule(n=st.integers(1, 2))
+        def step(self, n):
+            self.took(self.s.step(n))
+
+        @precondition(lambda self: self.s.n_steps >= 1)
+        @rule(data=st.data())
+        def rewind_then_replay(self, data):
+            """Rewind lands exactly on the latent that step had; replaying gives the same steps again when the
+            settings are those they were taken with (no kept change since)."""
+            k = data.draw(st.integers(1, min(3, self.s.n_steps)))
+            latent, history = self.s.current_latent(), [(r.loss, r.handles) for r in self.s.history]
+            target = self.steps - k
+            self.s.rewind(k)
+            assert self.s.n_steps == target and [(r.loss, r.handles) for r in self.s.history] == history[:target]
+            if target in self.latents:
+                assert torch.equal(self.s.current_latent(), self.latents[target])
+            self.steps = target
+            self.latents = {n: z for n, z in self.latents.items() if n <= target}
+            if target >= self.kept_at:
+                replayed = self.s.step(k)
+                assert len(replayed) == k
+                assert [(r.loss, r.handles) for r in self.s.history] == history
+                assert torch.equal(self.s.current_latent(), latent)
+                self.took(replayed)
+            else:
+                self.kept_at = target
+
+        @rule()
+        def run_then_stop(self):
+            """stop() called from the run's callback: the run ends before its next step."""
+            records = self.s.run(max_steps=3, callback=lambda r: self.s.stop(), progress=False)
+            assert len(records) <= 1
+            assert len(records) == 0 or self.s.stop_reason == "stopped by stop()"
+            self.took(records)
+
+        @rule()
+        def save_then_load(self):
+            import tempfile
+            from pathlib import Path
+            path = Path(tempfile.mkdtemp(prefix="dragnb-prop-")) / "s.dragnb"
+            self.s.save(path)
+            twin = DragSession.load(path, self.s.model)
+            assert observe_ops(twin) == observe_ops(self.s)
+            assert torch.equal(twin.current_latent(), self.s.current_latent())
+            a, b = self.s.step(1), twin.step(1)
+            assert [(r.loss, r.handles) for r in a] == [(r.loss, r.handles) for r in b]
+            assert torch.equal(twin.current_latent(), self.s.current_latent())
+            self.took(a)
+            twin.cache = _MODEL["cache"]
+            self.s = twin                                   # go on with the loaded session
+
+        @rule(i=st.integers(0, len(BAD) - 1))
+        def rejected_call_changes_nothing(self, i):
+            before, lat = observe_ops(self.s), self.s.current_latent() if self.s.n_steps else None
+            with pytest.raises((TypeError, ValueError)):
+                BAD[i](self.s)
+            assert observe_ops(self.s) == before
+            if lat is not None:
+                assert torch.equal(self.s.current_latent(), lat)
+
+        # ---------------------------------------------------------------- invariants
+        @invariant()
+        def history_length_is_steps_taken(self):
+            assert self.s.n_steps == len(self.s.history) == self.steps
+            assert [r.step for r in self.s.history] == list(range(1, self.steps + 1))
+
+    SessionMachine.TestCase.settings = settings(
+        max_examples=8, stateful_step_count=10, deadline=None, derandomize=True,
+        suppress_health_check=list(HealthCheck),
+        phases=[Phase.explicit, Phase.generate])   # no shrinking: a failure prints its whole sequence at once
+    test_session_operations = pytest.mark.filterwarnings("ignore::UserWarning")(SessionMachine.TestCase)
