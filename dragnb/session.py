@@ -40,7 +40,9 @@ class DragSession(EditInputs):
         seed: seeds the LoRA fine-tune (the rest is deterministic).
         config: a `DragConfig`; default `model.default_config()` (official values + the model's overrides).
         mask: optional editable region (see `set_mask`).
-        cache: a `SourceCache` to share between sessions of one model (default: a new one, default bounds).
+        cache: a `SourceCache` of this same model object to share between its sessions, e.g. `other.cache`, or one
+            with your bounds, `SourceCache(model, max_entries=2, max_bytes=2**29)` (default: a new one, 4 entries per
+            store, 2 GiB). Sessions on one model may run in several threads: every UNet use is serialised.
     """
 
     def __init__(self, model, image, prompt: str = "", seed: int = 0, config: DragConfig | None = None, mask=None,
