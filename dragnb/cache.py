@@ -19,11 +19,7 @@ tensors; the least recently used entry goes first, never the one just computed o
 from __future__ import annotations
 
 import hashlib
-import itertools
-import numbers
-import threading
 import warnings
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,6 +29,7 @@ from PIL import Image
 from . import ddim, lora
 from .config import DragConfig
 from .invalidation import fields_of
+from .store import BoundedStore
 from .unet import forward_features, guided_unet_fn, unet_lock, using
 
 STORES = ("lora", "inversion", "features")
@@ -126,42 +123,9 @@ class Reference:
         return ReferenceStep(self.ts[i], self.latents[i], self.feats[i], self.x_prevs[i])
 
 
-def _nbytes(value) -> int:
-    if isinstance(value, torch.Tensor):
-        return value.numel() * value.element_size()
-    if isinstance(value, dict):
-        return sum(_nbytes(v) for v in value.values())
-    if isinstance(value, (tuple, list)):
-        return sum(_nbytes(v) for v in value)
-    if hasattr(value, "__dataclass_fields__"):
-        return sum(_nbytes(getattr(value, f)) for f in value.__dataclass_fields__)
-    return 0
-
-
 def _tqdm(total, desc, enabled):
     from tqdm.auto import tqdm
     return tqdm(total=total, desc=desc, disable=not enabled, leave=False)
-
-
-def _bound_entries(value) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"SourceCache max_entries={value!r} is not a whole number: give an int >= 1 (entries kept "
-                        "per store)")
-    if value < 1:
-        raise ValueError(f"SourceCache max_entries={value!r} keeps nothing: give an int >= 1 (entries kept per store)")
-    return int(value)
-
-
-def _bound_bytes(value):
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"SourceCache max_bytes={value!r} is not a whole number: give a byte count >= 0 (e.g. "
-                        "2 * 2**30), or None for no byte bound")
-    if value < 0:
-        raise ValueError(f"SourceCache max_bytes={value!r} is negative: give a byte count >= 0, or None for no "
-                         "byte bound")
-    return int(value)
 
 
 class SourceCache:
@@ -183,43 +147,24 @@ class SourceCache:
     def __init__(self, model, max_entries: int = 4, max_bytes: int | None = 2 * 2**30):
         if not all(hasattr(model, a) for a in ("unet", "scheduler", "name")):
             raise TypeError(f"SourceCache(model={model!r}): not a DragModel; get one with dragnb.load_model('demo')")
-        self._books = threading.RLock()   # a leaf lock for the stores' bookkeeping (nothing is computed under it)
-        self._max_entries, self._max_bytes = _bound_entries(max_entries), _bound_bytes(max_bytes)
+        self._store = BoundedStore(STORES, max_entries, max_bytes, what="SourceCache")
         self.model = model
         self.counters = dict(lora_trainings=0, inversions=0, feature_extractions=0, denoisings=0)
-        self.evictions = 0
-        self._stores: dict[str, OrderedDict] = {name: OrderedDict() for name in STORES}
-        self._used: dict[tuple, int] = {}
-        self._tick = itertools.count()
         self._generations: dict[str, tuple[int, tuple]] = {}
 
-    @property
-    def max_entries(self) -> int:
-        """Most entries each store keeps (>= 1)."""
-        return self._max_entries
-
-    @max_entries.setter
-    def max_entries(self, value: int) -> None:
-        self._max_entries = _bound_entries(value)
-        self._trim()
-
-    @property
-    def max_bytes(self) -> int | None:
-        """Most bytes of tensors all stores keep together (None: no byte bound)."""
-        return self._max_bytes
-
-    @max_bytes.setter
-    def max_bytes(self, value: int | None) -> None:
-        self._max_bytes = _bound_bytes(value)
-        self._trim()
+    max_entries = property(lambda self: self._store.max_entries,
+                           lambda self, v: setattr(self._store, "max_entries", v),
+                           doc="Most entries each store keeps (>= 1); lowering it evicts at once.")
+    max_bytes = property(lambda self: self._store.max_bytes, lambda self, v: setattr(self._store, "max_bytes", v),
+                         doc="Most bytes of tensors all stores keep together (None: no byte bound).")
+    evictions = property(lambda self: self._store.evictions, doc="Entries evicted so far.")
 
     # ------------------------------------------------------------------ keys and bookkeeping
     def key(self, spec: SourceSpec) -> SourceKey:
         return SourceKey.of(self.model.name, spec)
 
     def has(self, spec: SourceSpec, stage: str) -> bool:
-        with self._books:
-            return self.key(spec).stage(stage) in self._stores[stage]
+        return self._store.contains(stage, self.key(spec).stage(stage))
 
     def is_prepared(self, spec: SourceSpec) -> bool:
         return all(self.has(spec, s) for s in STORES)
@@ -227,67 +172,26 @@ class SourceCache:
     @property
     def nbytes(self) -> int:
         """Bytes of tensors held by all stores."""
-        with self._books:
-            return sum(_nbytes(v) for store in self._stores.values() for v in store.values())
+        return self._store.nbytes
 
     def __len__(self) -> int:
-        with self._books:
-            return sum(len(s) for s in self._stores.values())
+        return len(self._store)
 
     def discard(self, spec: SourceSpec, stage: str) -> None:
         """Drop this spec's entry of one stage ("lora", "inversion" or "features") if present."""
         if stage not in STORES:
             raise ValueError(f"stage={stage!r}: use one of {STORES}")
-        k = self.key(spec).stage(stage)
-        with self._books:
-            if k in self._stores[stage]:
-                del self._stores[stage][k]
-                self._used.pop((stage, k), None)
+        self._store.discard(stage, self.key(spec).stage(stage))
 
     def clear(self) -> None:
         """Drop every entry (counters are kept; a generation's own latents too: they cannot be recomputed)."""
-        with self._books:
-            for store in self._stores.values():
-                store.clear()
-            self._used.clear()
+        self._store.clear()
 
     def _get(self, stage: str, k: tuple):
-        with self._books:
-            store = self._stores[stage]
-            if k in store:
-                store.move_to_end(k)
-                self._used[(stage, k)] = next(self._tick)
-                return store[k]
-            return None
+        return self._store.get(stage, k)
 
     def _put(self, stage: str, k: tuple, value):
-        with self._books:
-            store = self._stores[stage]
-            store[k] = value
-            store.move_to_end(k)
-            self._used[(stage, k)] = next(self._tick)
-            self._trim(keep=k)
-            return value
-
-    def _trim(self, keep: tuple | None = None) -> None:
-        """Evict least recently used entries until both bounds hold; never `keep` (the entry just put) nor the
-        upstream entries it was made from (their keys are its prefixes)."""
-        with self._books:
-            for stage, store in self._stores.items():
-                while len(store) > self._max_entries:
-                    victim = next(k for k in store if keep is None or k != keep)
-                    self._evict(stage, victim)
-            if self._max_bytes is not None:
-                while self.nbytes > self._max_bytes:
-                    victims = [(s, kk) for s, kk in self._used if keep is None or keep[:len(kk)] != kk]
-                    if not victims:
-                        break
-                    self._evict(*min(victims, key=self._used.get))
-
-    def _evict(self, stage: str, k: tuple) -> None:
-        del self._stores[stage][k]
-        self._used.pop((stage, k), None)
-        self.evictions += 1
+        return self._store.put(stage, k, value)
 
     # ------------------------------------------------------------------ the three stages
     def train_lora(self, spec: SourceSpec, progress: bool = False, callback=None) -> LoraWeights:
@@ -328,7 +232,7 @@ class SourceCache:
 
         A generated image (`add_generation`) takes its own latents instead, with no inversion error.
         """
-        with unet_lock(self.model.unet):   # the UNet and the scheduler (set_timesteps) are the model's, shared
+        with unet_lock(self.model.unet):   # the UNet is the model's, shared
             return self._invert(spec, progress, callback)
 
     def _invert(self, spec, progress, callback) -> Inversion:
@@ -404,7 +308,7 @@ class SourceCache:
         latents = tuple(x.detach() for x in latents)
         if len(latents) != n_steps + 1:
             raise ValueError(f"a generation of {n_steps} steps has {n_steps + 1} latents, got {len(latents)}")
-        with self._books:
+        with self._store.lock:
             self._generations[image_sha] = (int(n_steps), latents)
 
     def generation(self, image_sha: str):
@@ -414,19 +318,19 @@ class SourceCache:
     # ------------------------------------------------------------------ persistence
     def state_dict(self, spec: SourceSpec) -> dict:
         """The entries this spec uses (those computed), as plain tensors and values."""
-        with self._books:
+        with self._store.lock:
             return self._state_dict(spec)
 
     def _state_dict(self, spec: SourceSpec) -> dict:
         key = self.key(spec)
         out: dict = {}
-        w = self._stores["lora"].get(key.stage("lora"))
+        w = self._store.peek("lora", key.stage("lora"))
         if w is not None:
             out["lora"] = {"trained": w.state is not None, "weights": dict(w.state or {})}
-        inv = self._stores["inversion"].get(key.stage("inversion"))
+        inv = self._store.peek("inversion", key.stage("inversion"))
         if inv is not None:
             out["inversion"] = {"z0": inv.z0, "zt": inv.zt, "t": inv.t, "generated": inv.generated}
-        ref = self._stores["features"].get(key.stage("features"))
+        ref = self._store.peek("features", key.stage("features"))
         if ref is not None:
             out["features"] = {"ts": list(ref.ts), "latents": torch.cat(ref.latents), "feats": torch.cat(ref.feats),
                                "x_prevs": torch.cat(ref.x_prevs)}
@@ -458,6 +362,6 @@ class SourceCache:
                                 split(f["x_prevs"])))
 
     def __repr__(self):
-        sizes = ", ".join(f"{s}={len(self._stores[s])}" for s in STORES)
+        sizes = ", ".join(f"{s}={self._store.size(s)}" for s in STORES)
         return f"SourceCache({sizes}, {self.nbytes / 2**20:.1f} MiB, max_entries={self.max_entries}, " \
                f"max_bytes={self.max_bytes})"

@@ -9,6 +9,7 @@ inversion walks it backwards for `k = round(strength * n)` steps, so the drag la
 """
 from __future__ import annotations
 
+import copy
 from typing import Callable
 
 import torch
@@ -17,9 +18,12 @@ UnetFn = Callable[[torch.Tensor, int], torch.Tensor]
 
 
 def timesteps(scheduler, n_steps: int) -> list[int]:
-    """The descending DDIM timesteps of an `n_steps` schedule, as ints (e.g. [981, 961, ..., 1] for SD)."""
-    scheduler.set_timesteps(n_steps)
-    return [int(t) for t in scheduler.timesteps]
+    """The descending DDIM timesteps of an `n_steps` schedule, as ints (e.g. [981, 961, ..., 1] for SD).
+
+    Pure: computed on a shallow copy, so threads sharing one scheduler never see each other's schedule."""
+    own = copy.copy(scheduler)        # set_timesteps rebinds attributes: the shared scheduler stays untouched
+    own.set_timesteps(n_steps)
+    return [int(t) for t in own.timesteps]
 
 
 def step_size(scheduler, n_steps: int) -> int:

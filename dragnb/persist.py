@@ -172,9 +172,7 @@ def _from_v1(head, t, model, path) -> dict:
     dev = model.device
     cfg = DragConfig.from_dict(head["config"])
     n = cfg.n_inference_steps
-    from .unet import unet_lock
-    with unet_lock(model.unet):     # set_timesteps changes the shared scheduler
-        tt = ddim.timesteps(model.scheduler, n)[n - cfg.drag_step_index]
+    tt = ddim.timesteps(model.scheduler, n)[n - cfg.drag_step_index]
     cache: dict = {}
     if head["has_lora"] or "inv/zt" in t:
         cache["lora"] = {"trained": bool(head["has_lora"]),
