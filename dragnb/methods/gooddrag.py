@@ -5,7 +5,9 @@ that same timestep (the reference never drifts), tracking after each round again
 DDIM step of the dragged latent carries it to the next timestep, pulling it back toward the image manifold.
 
 Its defaults (GoodDrag's app on SD at 512 px, a 256-cell grid): inversion strength 0.75, T 7, R 10, S 3, patch
-radius r_m 4, beta 4, tracking radius r_p 12, lr 0.02, lam 0.2; lengths are scaled to the model's grid.
+radius r_m 4, beta 4, tracking radius r_p 12, lr 0.02, lam 0.2, early stop after 10 rounds without a handle
+moving; lengths (and that early stop) are scaled to the model's grid. The loss threshold that ends a round early
+(4.0 per feature, `round_loss_threshold`) is set for SD's feature scale: a model with other features overrides it.
 """
 from __future__ import annotations
 
@@ -24,9 +26,11 @@ class GoodDrag(DragMethod):
     @staticmethod
     def defaults(grid_cells: int) -> dict:
         s = grid_cells / 256
+        # lengths scale with the grid; so does the no-change early stop: on a coarse grid one round moves a handle
+        # less than a cell, so tracking sees "no change" for rounds in which the latent still moves
         return dict(inversion_strength=0.75, drag_lr=0.02, lam=0.2, r_m=max(1, round(4 * s)),
                     r_p=max(1, round(12 * s)), beta=max(1.0, 4.0 * s), drag_timesteps=7, rounds=10,
-                    updates_per_round=3, drag_steps=7 * 10 * 3)
+                    updates_per_round=3, drag_steps=7 * 10 * 3, max_rounds_no_change=max(10, round(10 / s)))
 
     @staticmethod
     def timesteps(config) -> int:
