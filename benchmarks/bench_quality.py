@@ -54,6 +54,7 @@ METHODS = {
     "GoodDrag + warp init 0.5": dict(method="gooddrag", warp_init=0.5),
     "GoodDrag + conv LoRA": dict(method="gooddrag", lora_targets="attention+conv"),
     "GoodDrag without early stops": dict(method="gooddrag", round_loss_threshold=0.0, max_rounds_no_change=1000),
+    "reach_distance 1 cell": dict(reach_distance=1.0),
 }
 SHORT = {"full": "full", "nolora": "no LoRA (lora_steps=0)", "nomask": "no mask term (lam=0)",
          "nomutual": "no mutual self-attention", "steps20": "20 drag steps",
@@ -64,7 +65,8 @@ SHORT = {"full": "full", "nolora": "no LoRA (lora_steps=0)", "nomask": "no mask 
          "restrict": "restricted tracking", "warp": "warp init 0.5", "automask": "auto mask (no painted mask)",
          "nopaint": "no painted mask", "convlora": "conv LoRA (attention+conv)",
          "gd_restrict": "GoodDrag + restricted tracking", "gd_warp": "GoodDrag + warp init 0.5",
-         "gd_convlora": "GoodDrag + conv LoRA", "gd_nostop": "GoodDrag without early stops"}
+         "gd_convlora": "GoodDrag + conv LoRA", "gd_nostop": "GoodDrag without early stops",
+         "reach1": "reach_distance 1 cell"}
 
 
 def run_methods(model, case, overrides_list: list[dict], seed: int = 0) -> list[tuple]:
