@@ -7,7 +7,8 @@ the demo edit took 65-154 s instead of 12 s, while one thread took about 15 s. A
 something else running (the kernel's own work, the browser, another cell, a Colab VM's agents).
 
 The policy (``"auto"``, the default) for a model on the CPU, applied by `dragnb.unet.using` (the one door
-of every UNet use) in the thread that does the work:
+of every UNet use) in the thread that does the work, for the time of that use (the thread's own count comes
+back afterwards, so a notebook's other torch work keeps its setting):
 
     threads = min(ceiling, max(1, cores - 1 - extra_busy))
 
@@ -37,10 +38,11 @@ import math
 import os
 import threading
 import time
+from contextlib import contextmanager
 
 import torch
 
-__all__ = ["set_threads", "policy", "choose_threads", "apply", "cpu_count", "RECHECK_S"]
+__all__ = ["set_threads", "policy", "choose_threads", "apply", "scoped", "cpu_count", "RECHECK_S"]
 
 RECHECK_S = 5.0
 """The other processes' load is looked at again at most this often (seconds)."""
@@ -178,6 +180,20 @@ def apply(device) -> int | None:
         torch.set_num_threads(n)
         _applied.n = n
     return n
+
+
+@contextmanager
+def scoped(device):
+    """`apply` for the block, then this thread's previous count again: dragnb's UNet work follows the policy,
+    the caller's own torch work keeps the caller's setting. (A switch costs about 0.1 ms.)"""
+    before = torch.get_num_threads()
+    n = apply(device)
+    try:
+        yield n
+    finally:
+        if n is not None and torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+            _applied.n = before
 
 
 def _reset_for_tests() -> None:

@@ -6,9 +6,9 @@ UNet's lock from before the adapter is enabled until after hooks and processors 
 re-entrant: a stage may call another inside it. Work between uses (a step, a render) interleaves freely, and
 each session's results are bit-identical to the same work done one after the other.
 
-Entering `using` on a CPU model also sets the working thread's torch thread count (`dragnb.threads`: the
-thread policy, so an edit stays quick beside other busy processes; `DRAGNB_THREADS` / `dragnb.set_threads`
-override it).
+On a CPU model, `using` also sets the working thread's torch thread count for the block (`dragnb.threads`:
+the thread policy, so an edit stays quick beside other busy processes; `DRAGNB_THREADS` /
+`dragnb.set_threads` override it) and gives the thread its own count back afterwards.
 """
 from __future__ import annotations
 
@@ -37,11 +37,9 @@ def unet_lock(unet) -> threading.RLock:
 @contextmanager
 def using(model, lora_state: dict | None):
     """Hold the model's UNet for the block, carrying exactly the LoRA weights `lora_state` (None: the base UNet).
-    On the CPU, this thread's torch thread count follows the thread policy (`dragnb.threads.apply`)."""
-    with unet_lock(model.unet):
-        threads.apply(model.device)
-        with lora.applied(model.unet, lora_state):
-            yield model.unet
+    On the CPU, this thread's torch thread count follows the thread policy inside the block (`dragnb.threads.scoped`)."""
+    with unet_lock(model.unet), threads.scoped(model.device), lora.applied(model.unet, lora_state):
+        yield model.unet
 
 
 def guided_unet_fn(model, cond, guidance: float):

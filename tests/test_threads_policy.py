@@ -77,11 +77,15 @@ def test_every_unet_use_applies_the_policy_in_its_own_thread():
 
     def work(n):
         threads.set_threads(n)
+        torch.set_num_threads(3)                          # the thread's own setting ...
         with using(model, None):
             seen[n] = torch.get_num_threads()
+            with using(model, None):                      # re-entrant, as the lock is
+                seen[n, "inner"] = torch.get_num_threads()
+        seen[n, "after"] = torch.get_num_threads()        # ... comes back after the UNet use
 
     for n in (1, 2):
         t = threading.Thread(target=work, args=(n,))
         t.start()
         t.join()
-    assert seen == {1: 1, 2: 2}
+    assert seen == {1: 1, (1, "inner"): 1, (1, "after"): 3, 2: 2, (2, "inner"): 2, (2, "after"): 3}
