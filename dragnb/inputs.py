@@ -175,5 +175,10 @@ class EditInputs:
             except Exception as e:  # an observer's bug must not break the session
                 warnings.warn(f"dragnb observer {fn!r} raised {e!r} on event {event!r}")
 
+    def _adopt_inputs(self, other: "EditInputs") -> None:
+        """Take every input of another edit of the same model (already checked there); the caller holds the lock."""
+        for name in ("_image", "_image_sha", "_geom", "_prompt", "_seed", "_config", "_method", "_drags", "_mask"):
+            setattr(self, name, getattr(other, name))
+
     def _inputs_changed(self, restart: bool) -> None:
         """Called under the lock after an input changed; `restart`: the optimisation must go back to the start."""

@@ -356,6 +356,17 @@ class DragSession(EditInputs):
             s._ensure_state().load_state_dict(sd["state"])
         return s
 
+    def load_state_dict(self, sd: dict) -> None:
+        """Put this session back to one of its `state_dict()`s (same model), in place: inputs, the cache entries it
+        used and the drag state, so a run that an edit reset comes back exactly (the editor's Redo). Everything is
+        checked first: on an error nothing changes."""
+        other = type(self).from_state_dict(sd, self.model)
+        with self._lock:
+            self._adopt_inputs(other)
+            self.cache.load_state_dict(self.spec, sd["cache"])
+            self._state, self.stop_reason, self._result_cache = other._state, other.stop_reason, None
+        self._emit("rewind")
+
     def save(self, path) -> None:
         """Everything needed to continue bit-exactly, in one safetensors file (tensors + a JSON header)."""
         from .persist import model_fingerprint, save_session

@@ -261,3 +261,22 @@ def test_a_version_1_session_file_still_loads_and_continues(model):
     assert [r.loss for r in recs] == expect["losses"]
     assert [list(h) for h in s.handles] == expect["handles"]
     assert hashlib.sha256(np.asarray(s.result()).tobytes()).hexdigest() == expect["result_sha256"]
+
+
+def test_load_state_dict_puts_a_run_back_in_place(model):
+    s = session(model)
+    s.step(3)
+    sd, latent, handles = s.state_dict(), s.current_latent(), s.handles
+    events = []
+    s.observe(events.append)
+    s.clear_drags()
+    assert s.n_steps == 0
+    s.load_state_dict(sd)
+    assert s.n_steps == 3 and torch.equal(s.current_latent(), latent) and s.handles == handles
+    assert events[-1] == "rewind" and s.counters["lora_trainings"] == 1          # nothing retrained
+    ref = session(model)
+    assert [r.loss for r in s.step(2)] == [r.loss for r in ref.step(5)[3:]]
+    bad = dict(sd, drags=[[[300, 1], [2, 2]]])
+    with pytest.raises(ValueError, match="outside"):
+        s.load_state_dict(bad)
+    assert s.n_steps == 5                                                      # a refused state changes nothing

@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import torch
 import pytest
 import traitlets
 
@@ -513,17 +514,20 @@ def test_edits_after_a_run_keep_faith_with_it(session):
     e.buttons["redo"].click()
     assert np.array_equal(session.mask, mask) and np.array_equal(e.canvas.mask, mask) and session.n_steps == n
     # Undo of the stroke and of the target: the run is reset, status and result view say so at once
+    latent = session.current_latent()
     e.buttons["undo"].click()
     e.buttons["undo"].click()
     assert session.drags == [] and e.canvas.pending == (16.0, 32.0) and session.n_steps == 0
     assert e.status_text.startswith("undo") and "run was reset" in e.status_text
     assert "reset" in e.result_label.value and np.array_equal(e.result_view.image, np.asarray(session.image))
     assert e.drag_progress.value == 0
-    # Redo brings back exactly the drags, pending handle and mask of before the Undo
+    # Redo brings back exactly the drags, pending handle and mask of before the Undo, and the run with them
     e.buttons["redo"].click()
     assert session.drags == drags and e.canvas.pending is None and session.mask is None
+    assert session.n_steps == n and torch.equal(session.current_latent(), latent)
+    assert f"with its {n}-step run" in e.status_text and e.drag_progress.value == n
     e.buttons["redo"].click()
-    assert np.array_equal(session.mask, mask) and "redo" in e.status_text
+    assert np.array_equal(session.mask, mask) and "redo" in e.status_text and session.n_steps == n
     # a new drag by a click after a run: reset at once
     e.mode.value = "points"
     _run_to_end(e)

@@ -55,6 +55,7 @@ class DragEditor(EditorJobs, widgets.VBox):
         self._known_steps = session.n_steps   # the run's length as the editor last showed it
         self._edit_origin = None              # what the user just did, while the session reacts to it
         self._edit_note = None                # what that did to the run (said after Undo/Redo's own words)
+        self._redo_runs: list = []            # per Undo: the session's state_dict when Undo reset a run, else None
         self._fresh_message = None            # the canvas's message during the gesture under way
         self.preview_every_s = PREVIEW_EVERY_S
 
@@ -191,8 +192,10 @@ class DragEditor(EditorJobs, widgets.VBox):
     def undo(self) -> None:
         """Button Undo: take the last edit back (a drag, a moved point, a stroke, a clear)."""
         self._edit_origin = "undo"
+        run = self.session.state_dict() if self.session.n_steps else None   # what Redo must bring back
         try:
             if self.canvas.undo():
+                self._redo_runs.append(run)
                 self._say_edit("undo: the last edit is taken back")
         finally:
             self._edit_origin = None
@@ -202,7 +205,13 @@ class DragEditor(EditorJobs, widgets.VBox):
         self._edit_origin = "redo"
         try:
             if self.canvas.redo():
-                self._say_edit("redo: the edit is back")
+                run = self._redo_runs.pop() if self._redo_runs else None
+                if run is not None and [tuple(map(tuple, d)) for d in run["drags"]] == self.session.drags:
+                    self.session.load_state_dict(run)          # the run Undo reset comes back, step for step
+                    self._edit_note = None
+                    self._say_edit(f"redo: the edit is back, with its {self.session.n_steps}-step run")
+                else:
+                    self._say_edit("redo: the edit is back")
         finally:
             self._edit_origin = None
 
@@ -213,6 +222,8 @@ class DragEditor(EditorJobs, widgets.VBox):
     def _on_canvas_drags(self, drags):
         if self._syncing:
             return
+        if self._edit_origin not in ("undo", "redo"):
+            self._redo_runs.clear()               # a new edit: the canvas forgets its redo steps, so do we
         try:
             self._edit_origin = self._edit_origin or self._fresh_message or "drags changed on the canvas"
             self.session.set_drags(list(drags))
@@ -230,6 +241,8 @@ class DragEditor(EditorJobs, widgets.VBox):
     def _on_canvas_mask(self, mask):
         if self._syncing:
             return
+        if self._edit_origin not in ("undo", "redo"):
+            self._redo_runs.clear()
         try:
             self._edit_origin = self._edit_origin or self._fresh_message or "mask changed on the canvas"
             self.session.set_mask(mask)
