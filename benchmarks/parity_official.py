@@ -33,11 +33,9 @@ os.environ.setdefault("TQDM_DISABLE", "1")  # before tqdm is imported: the offic
 
 import argparse
 import contextlib
-import copy
 import importlib.util
 import io
 import json
-import math
 import re
 import subprocess
 import sys
@@ -393,9 +391,7 @@ def mask_grid_check(session, size, args):
     return int((ours != theirs).sum()), int(ours.size)
 
 
-def psnr(a_uint8, b_uint8) -> float:
-    mse = float(((a_uint8.astype(np.float64) - b_uint8.astype(np.float64)) ** 2).mean())
-    return float("inf") if mse == 0 else 10 * math.log10(255.0 ** 2 / mse)
+from dragnb.metrics import psnr  # noqa: E402  (one PSNR for the whole project)
 
 
 def maxabs(a, b) -> float:
@@ -403,12 +399,8 @@ def maxabs(a, b) -> float:
 
 
 def build_model(name, device, dtype):
-    from dragnb.models import load_model, random_sd15, tiny_model
-    if name == "tiny":
-        return tiny_model(device=device or "cpu", dtype=dtype)
-    if name == "random-sd15":
-        return random_sd15(device=device, dtype=dtype)
-    return load_model(name, device=device, dtype=dtype)
+    from dragnb.bench import model_by_name
+    return model_by_name(name, device, dtype)
 
 
 # ------------------------------------------------------------------------------------------- dragnb's side

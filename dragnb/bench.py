@@ -29,7 +29,8 @@ def _reset_peak(device):
         torch.cuda.reset_peak_memory_stats()
 
 
-def _model(name, device, dtype):
+def model_by_name(name, device=None, dtype=None):
+    """"tiny", "random-sd15" (the SD-1.5 architecture, random weights: for timing), or anything `load_model` takes."""
     from .models import load_model, random_sd15, tiny_model
     if name == "tiny":
         return tiny_model(device=device or "cpu", dtype=dtype)
@@ -51,7 +52,7 @@ def bench_stages(model="tiny", size=None, device=None, dtype=None, drag_steps=10
                  verbose=True) -> dict:
     from .session import DragSession
     t0 = time.perf_counter()
-    m = _model(model, device, dtype)
+    m = model_by_name(model, device, dtype)
     t_load = time.perf_counter() - t0
     dev = m.device
     size = size or m.native_size

@@ -15,21 +15,14 @@ from dragnb.invalidation import INPUT_STAGE_OF, STAGE_OF, STAGES
 from dragnb.methods import DragMethod, Position, available, get_method, register
 from dragnb.methods.base import Advance
 from dragnb.models import tiny_model
-from scenes import disc_scene as scene
+from scenes import FAST, disc_scene as scene, disc_session as session
 
-FAST = dict(lora_steps=2, lora_batch_size=1, n_inference_steps=10, drag_steps=6, snapshot_every=2)
 DATA = Path(__file__).parent / "data"
 
 
 @pytest.fixture(scope="module")
 def model():
     return tiny_model(seed=0)
-
-
-def session(model, **cfg):
-    s = DragSession(model, scene(), prompt="a disc", seed=0, config=model.default_config(**{**FAST, **cfg}))
-    s.add_drag((10, 16), (22, 16))
-    return s
 
 
 # ----------------------------------------------------------------------------- config

@@ -1,6 +1,5 @@
 """DragSession: caches and what invalidates them, stepping, rewind, save/load, stop, bad input."""
 import threading
-import warnings
 
 import numpy as np
 import pytest
@@ -9,20 +8,12 @@ from PIL import Image
 
 from dragnb import DragDiverged, DragSession
 from dragnb.models import tiny_model
-from scenes import disc_scene as scene
-
-FAST = dict(lora_steps=2, lora_batch_size=1, n_inference_steps=10, drag_steps=6, snapshot_every=2)
+from scenes import FAST, disc_scene as scene, disc_session as session
 
 
 @pytest.fixture(scope="module")
 def model():
     return tiny_model(seed=0)
-
-
-def session(model, **cfg):
-    s = DragSession(model, scene(), prompt="a disc", seed=0, config=model.default_config(**{**FAST, **cfg}))
-    s.add_drag((10, 16), (22, 16))
-    return s
 
 
 def test_prepare_caches_and_invalidates_exactly(model):

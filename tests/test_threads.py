@@ -8,6 +8,7 @@ import torch
 
 from dragnb import DragSession, lora
 from dragnb.models import tiny_model
+from scenes import disc_scene as scene
 from dragnb.unet import using
 
 FAST = dict(lora_steps=2, lora_batch_size=1, n_inference_steps=10, drag_steps=6, snapshot_every=2)
@@ -17,15 +18,6 @@ STEPS = 40
 @pytest.fixture(scope="module")
 def model():
     return tiny_model(seed=0)
-
-
-def scene(size=32, shift=0):
-    yy, xx = np.mgrid[0:size, 0:size]
-    img = np.zeros((size, size, 3), np.uint8)
-    img[..., 0] = 40 + 4 * xx
-    img[..., 2] = 200 - 3 * yy
-    img[((xx - 10 - shift) ** 2 + (yy - 16) ** 2) < 25] = (250, 220, 10)
-    return img
 
 
 def make_a(model):
