@@ -1,12 +1,13 @@
-"""Motion supervision, point tracking and one optimisation step (pure; testable on synthetic feature maps).
+"""Motion supervision, point tracking, the masked term and the warp start (pure; testable on synthetic feature maps).
+
+One optimisation step puts these together in `dragnb.state.DragState.step`, with a method's choices.
 
 All points here are on the supervision grid, `(row, col)`, as float tensors `points_rc (N, 2)`.
 Feature maps are `feat_bchw (1, C, h, w)`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -130,47 +131,6 @@ def track_points(feat0_bchw: torch.Tensor, feat_bchw: torch.Tensor, handles0_rc:
 def all_reached(handles_rc: torch.Tensor, targets_rc: torch.Tensor, reach_distance: float = 2.0) -> bool:
     """True when every handle is closer than `reach_distance` grid cells to its target."""
     return bool(((handles_rc.float() - targets_rc.float()).norm(dim=1) < reach_distance).all())
-
-
-@dataclass
-class StepOutput:
-    loss: float
-    motion_loss: float
-    mask_loss: float
-    handles_rc: torch.Tensor
-    reached: bool
-    finite: bool
-
-
-def drag_step(forward: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]], latent: torch.Tensor,
-              optimizer: torch.optim.Optimizer, feat0_bchw: torch.Tensor, x_prev_0: torch.Tensor,
-              handles0_rc: torch.Tensor, handles_rc: torch.Tensor, targets_rc: torch.Tensor,
-              mask_latent: torch.Tensor | None, *, r_m: int, r_p: int, lam: float, reach_distance: float,
-              track: bool, track_patch: int = 0) -> StepOutput:
-    """One DragDiffusion iteration on `latent` (a leaf tensor the optimizer owns), as the official loop:
-
-    1. `forward(latent) -> (features on the grid (1, C, h, w), x_{t-1} (1, C, h', w'))`;
-    2. point tracking (skipped on the very first step, `track=False`);
-    3. if every handle reached its target: stop, no update;
-    4. motion supervision + mask term, backward, optimizer step.
-    The optimizer is not stepped when the loss is not finite (`finite=False`): the caller decides what to do.
-    """
-    feat, x_prev = forward(latent)
-    if track:
-        handles_rc = track_points(feat0_bchw, feat.detach(), handles0_rc, handles_rc, r_p, track_patch)
-    if all_reached(handles_rc, targets_rc, reach_distance):
-        optimizer.zero_grad(set_to_none=True)
-        return StepOutput(0.0, 0.0, 0.0, handles_rc, True, True)
-    l_motion = motion_supervision_loss(feat, handles_rc, targets_rc, r_m, reach_distance)
-    l_mask = mask_loss(x_prev.float(), x_prev_0.float(), mask_latent, lam)
-    loss = l_motion + l_mask
-    finite = bool(torch.isfinite(loss))
-    if finite:
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    return StepOutput(float(loss.detach()), float(l_motion.detach()), float(l_mask.detach()), handles_rc, False, finite)
 
 
 @torch.no_grad()
