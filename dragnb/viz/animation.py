@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..drawing import as_rgb_array, drag_color
-from .core import VizFigure, as_numpy, clean_axes, draw_drags, is_session, records
+from .core import VizFigure, as_numpy, clean_axes, draw_drags, is_session, records, trajectory
 
 __all__ = ["PreviewRecorder", "animate_edit"]
 
@@ -55,10 +55,8 @@ def animate_edit(session_or_image, path=None, every: int = 1, *, frames=None, tr
         s = session_or_image
         image = s.image
         recs = records(s)
-        starts = [h for h, _ in s.drags]
         targets = [t for _, t in s.drags] if targets is None else targets
-        traj = np.asarray([starts] + [list(r["handles"]) for r in recs], dtype=np.float64)
-        trajectories = traj.reshape(len(traj), len(starts), 2)
+        trajectories = trajectory(s)
     else:
         image = session_or_image
         recs = records(history or [])

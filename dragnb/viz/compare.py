@@ -5,16 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..drawing import as_rgb_array, drag_color
-from .core import VizFigure, clean_axes, draw_drags, records
+from .core import VizFigure, clean_axes, draw_drags, trajectory
 
 __all__ = ["plot_methods", "plot_timestep_previews"]
-
-
-def _trajectory(session) -> np.ndarray:
-    """(steps + 1, n_handles, 2) image points: the drags' handles, then each step's tracked handles."""
-    starts = [h for h, _ in session.drags]
-    rows = [starts] + [list(r["handles"]) for r in records(session) if r.get("handles") is not None]
-    return np.asarray(rows, dtype=np.float64).reshape(len(rows), len(starts), 2)
 
 
 def plot_methods(sessions: dict, results: dict | None = None, *, figsize=None):
@@ -36,7 +29,7 @@ def plot_methods(sessions: dict, results: dict | None = None, *, figsize=None):
     for ax, (label, s) in zip(axes[1:], sessions.items()):
         img = (results or {}).get(label)
         ax.imshow(as_rgb_array(img if img is not None else s.result()))
-        traj = _trajectory(s)
+        traj = trajectory(s)
         for i in range(traj.shape[1]):
             ax.plot(traj[:, i, 0], traj[:, i, 1], "-", color=drag_color(i), lw=1.3, alpha=0.9)
         draw_drags(ax, traj[0], [t for _, t in s.drags], current=traj[-1] if len(traj) > 1 else None, arrows=False)

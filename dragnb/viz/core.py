@@ -8,7 +8,7 @@ from typing import Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-from ..drawing import DRAG_COLORS, as_rgb_array, drag_color, pair_shapes
+from ..drawing import DRAG_COLORS, as_rgb_array, pair_shapes
 from ..metrics import psnr as _psnr
 
 __all__ = ["DRAG_COLORS", "draw_drags", "pca_rgb", "tracking_map", "similarity_map", "tracking_window", "psnr",
@@ -201,6 +201,13 @@ def records(session_or_history) -> list:
         d.setdefault("step", i + 1)
         out.append(d)
     return out
+
+
+def trajectory(session) -> np.ndarray:
+    """(steps + 1, n_handles, 2) image points (x, y): the drags' handles, then each step's tracked handles."""
+    starts = [h for h, _ in session.drags]
+    rows = [starts] + [list(r["handles"]) for r in records(session) if r.get("handles") is not None]
+    return np.asarray(rows, dtype=np.float64).reshape(len(rows), len(starts), 2)
 
 
 def clean_axes(ax, title=None):

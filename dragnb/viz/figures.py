@@ -11,7 +11,8 @@ from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 
 from ..drawing import as_rgb_array, drag_color, drag_label
-from .core import VizFigure, as_numpy, clean_axes, draw_drags, feat_chw, is_session, pca_rgb, psnr, records, tracking_map
+from .core import (VizFigure, as_numpy, clean_axes, draw_drags, feat_chw, is_session, pca_rgb, psnr, records,
+                   tracking_map, trajectory)
 
 __all__ = ["plot_features", "plot_similarity", "plot_trajectories", "plot_loss", "plot_before_after",
            "plot_inversion_check"]
@@ -147,10 +148,8 @@ def plot_trajectories(session_or_image, trajectories=None, targets=None, *, figs
     if is_session(session_or_image):
         s = session_or_image
         image = s.image
-        starts = [h for h, _ in s.drags]
         targets = [t for _, t in s.drags] if targets is None else targets
-        traj = [starts] + [list(r["handles"]) for r in records(s) if r.get("handles") is not None]
-        trajectories = np.asarray(traj, dtype=np.float64).reshape(len(traj), len(starts), 2)
+        trajectories = trajectory(s)
     else:
         image = session_or_image
         trajectories = as_numpy(trajectories).astype(np.float64)
