@@ -231,6 +231,12 @@ class Geometry:
         gh, gw = self.grid_hw
         return float(rc[1]) * W / gw, float(rc[0]) * H / gh
 
+    def image_to_latent(self, xy) -> tuple[float, float]:
+        """(x, y) image pixels -> (row, col) in latent cells, unrounded (for `drag.warp_latent`)."""
+        W, H = self.image_wh
+        lh, lw = self.latent_hw
+        return float(xy[1]) * lh / H, float(xy[0]) * lw / W
+
     def mask_to_grid(self, mask: np.ndarray | None) -> np.ndarray | None:
         """HxW bool image mask -> (gh, gw) float mask (nearest), as the official code."""
         if mask is None:

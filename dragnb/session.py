@@ -123,11 +123,10 @@ class DragSession(EditInputs):
             g = self.geometry
             grid = lambda pts: torch.tensor([g.image_to_grid(p) for p in pts], dtype=torch.float32)  # noqa: E731
             latent0 = inv.zt
-            if self.config.warp_init > 0:   # handles/targets in latent cells: image pixels × latent/image size
-                lat = lambda pts: [(y * g.latent_hw[0] / g.image_wh[1], x * g.latent_hw[1] / g.image_wh[0])  # noqa
-                                   for x, y in pts]
-                latent0 = warp_latent(inv.zt, lat([h for h, _ in self.drags]), lat(self.targets),
-                                      self.config.warp_init, self._mask_latent())
+            if self.config.warp_init > 0:
+                latent0 = warp_latent(inv.zt, [g.image_to_latent(h) for h, _ in self.drags],
+                                      [g.image_to_latent(t) for t in self.targets], self.config.warp_init,
+                                      self._mask_latent())
             self._state = DragState(self.method, latent0, grid([h for h, _ in self.drags]),
                                     grid(self.targets), self.config.drag_lr)
         return self._state
