@@ -74,15 +74,22 @@ def _load_file(name: str, path: str):
 
 
 def official_commit(official_dir: str) -> str:
+    """The official commit: DIR/COMMIT (the checkout recipe in PARITY.md writes it), else DIR's own git HEAD.
+    A DIR inside another repository (e.g. the ignored .official/ of this one) is not asked: git would answer with
+    the enclosing repository's commit."""
+    p = os.path.join(official_dir, "COMMIT")
+    if os.path.isfile(p):
+        return open(p).read().strip()
     try:
-        out = subprocess.run(["git", "-C", official_dir, "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=10)
-        if out.returncode == 0 and re.fullmatch(r"[0-9a-f]{40}", out.stdout.strip()):
-            return out.stdout.strip()
+        top = subprocess.run(["git", "-C", official_dir, "rev-parse", "--show-toplevel", "HEAD"], capture_output=True,
+                             text=True, timeout=10)
+        lines = top.stdout.split()
+        if (top.returncode == 0 and len(lines) == 2 and os.path.realpath(lines[0]) == os.path.realpath(official_dir)
+                and re.fullmatch(r"[0-9a-f]{40}", lines[1])):
+            return lines[1]
     except (OSError, subprocess.SubprocessError):
         pass
-    p = os.path.join(official_dir, "COMMIT")   # written by the checkout recipe in PARITY.md (git archive has no .git)
-    return open(p).read().strip() if os.path.isfile(p) else "unknown"
+    return "unknown"
 
 
 def load_official(official_dir: str) -> SimpleNamespace:
@@ -452,10 +459,20 @@ def dragnb_denoise(model, lstate, z_src, z_edit, cfg, prompt):
 
 
 # ------------------------------------------------------------------------------------------- the comparisons
+OFFICIAL_REACH = 2.0   # drag_utils.py: a handle within 2 cells of its target is reached (a constant there)
+
+
+def official_config(model, a):
+    """The model's defaults with the official method: the comparison is of DragDiffusion's loop, whatever drag method
+    the model defaults to (the demo model defaults to GoodDrag with a 1-cell reach; the official code has neither)."""
+    return model.default_config(method="dragdiffusion", reach_distance=OFFICIAL_REACH, drag_steps=a.steps,
+                                lora_steps=a.lora_steps)
+
+
 def parity_sd(off, model, a) -> dict:
     clock = Clock(model.device)
     size = a.size or 2 * model.native_size
-    cfg = model.default_config(drag_steps=a.steps, lora_steps=a.lora_steps)
+    cfg = official_config(model, a)
     image = scene(size)
     handle, target, mask = drag_case(size)
     prompt, seed = a.prompt, a.seed
@@ -554,7 +571,7 @@ def parity_drag_only(off, model, a) -> dict:
     adapter whose UNet features come from a forward hook and whose x_{t-1} step is dragnb's (prediction-type aware)."""
     from dragnb.features import unet_with_features
     size = a.size or model.native_size
-    cfg = model.default_config(drag_steps=a.steps, lora_steps=a.lora_steps)
+    cfg = official_config(model, a)
     image = scene(size)
     handle, target, mask = drag_case(size)
     clock = Clock(model.device)

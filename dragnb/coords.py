@@ -238,12 +238,14 @@ class Geometry:
         return float(xy[1]) * lh / H, float(xy[0]) * lw / W
 
     def mask_to_grid(self, mask: np.ndarray | None) -> np.ndarray | None:
-        """HxW bool image mask -> (gh, gw) float mask (nearest), as the official code."""
+        """HxW bool image mask -> (gh, gw) float mask by the official rule: torch's `nearest` (grid cell i takes
+        image row floor(i * H / gh)), the same cells as the official `F.interpolate(mask, (sup_h, sup_w))`."""
         if mask is None:
             return None
-        gh, gw = self.grid_hw
-        img = Image.fromarray(mask.astype(np.uint8) * 255).resize((gw, gh), Image.NEAREST)
-        return (np.asarray(img) > 127).astype(np.float32)
+        import torch
+        import torch.nn.functional as F
+        t = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None, None]
+        return F.interpolate(t, size=tuple(self.grid_hw), mode="nearest")[0, 0].numpy()
 
 
 def drag_path_mask(image_wh: tuple[int, int], drags, min_half_width: float = 2.0) -> np.ndarray:

@@ -13,20 +13,46 @@ import torch
 import torch.nn.functional as F
 
 
-def sample_patch(feat_bchw: torch.Tensor, center_rc: torch.Tensor, r: int) -> torch.Tensor:
-    """Bilinearly sampled (1, C, 2r+1, 2r+1) patch centred on a (possibly fractional) grid point.
+def _window(feat: torch.Tensor, row0: torch.Tensor, col0: torch.Tensor, n: int) -> torch.Tensor:
+    """feat[:, :, row0:row0+n, col0:col0+n]; where the window leaves the grid, the border repeats."""
+    _, _, h, w = feat.shape
+    r0, c0 = int(row0), int(col0)
+    if 0 <= r0 and r0 + n <= h and 0 <= c0 and c0 + n <= w:
+        return feat[:, :, r0:r0 + n, c0:c0 + n]          # a plain slice, as the official code indexes
+    rows = torch.arange(r0, r0 + n, device=feat.device).clamp(0, h - 1)
+    cols = torch.arange(c0, c0 + n, device=feat.device).clamp(0, w - 1)
+    return feat[:, :, rows[:, None], cols[None, :]]
 
-    Differentiable in `feat_bchw`; out-of-grid samples repeat the border (the official code clips the window).
+
+def sample_patch(feat_bchw: torch.Tensor, center_rc: torch.Tensor, r: int,
+                 shift_rc: torch.Tensor | None = None) -> torch.Tensor:
+    """Bilinearly sampled (1, C, 2r+1, 2r+1) patch centred on the grid point `center_rc` (+ `shift_rc`).
+
+    The arithmetic is the official `interpolate_feature_patch`'s, operation for operation: the window's corner
+    (center - r) + shift, its floor, four weights from that one fractional position, and the four shifted
+    slices summed in the same order; so the values and their gradients are bit-identical to the official
+    code's. Differentiable in `feat_bchw`. Where the window leaves the grid, the border repeats (the official
+    code clips the window instead, which can give a shape mismatch at the lower border).
     """
-    _, _, h, w = feat_bchw.shape
-    offs = torch.arange(-r, r + 1, device=feat_bchw.device, dtype=torch.float32)
-    rows = center_rc[0].float() + offs
-    cols = center_rc[1].float() + offs
-    gy = rows / max(h - 1, 1) * 2 - 1
-    gx = cols / max(w - 1, 1) * 2 - 1
-    grid = torch.stack(torch.meshgrid(gy, gx, indexing="ij")[::-1], dim=-1)[None]  # (1, 2r+1, 2r+1, 2) as (x, y)
-    return F.grid_sample(feat_bchw.float(), grid.to(feat_bchw.device), mode="bilinear", padding_mode="border",
-                         align_corners=True)
+    feat = feat_bchw.float()
+    n = 2 * r + 1
+    corner = center_rc.float() - r                      # exact for the integer handles tracking gives
+    if shift_rc is not None:
+        corner = corner + shift_rc.float()
+    y1, x1 = corner[0], corner[1]
+    y_floor, x_floor = torch.floor(y1).long(), torch.floor(x1).long()
+    if shift_rc is None and float(y1) == float(y_floor) and float(x1) == float(x_floor):
+        return _window(feat, y_floor, x_floor, n)       # on a cell: the slice itself (the official source patch)
+    y_cell, x_cell = y_floor + 1, x_floor + 1
+    wa = (x_cell.float() - x1) * (y_cell.float() - y1)
+    wb = (x_cell.float() - x1) * (y1 - y_floor.float())
+    wc = (x1 - x_floor.float()) * (y_cell.float() - y1)
+    wd = (x1 - x_floor.float()) * (y1 - y_floor.float())
+    Ia = _window(feat, y_floor, x_floor, n)
+    Ib = _window(feat, y_cell, x_floor, n)
+    Ic = _window(feat, y_floor, x_cell, n)
+    Id = _window(feat, y_cell, x_cell, n)
+    return Ia * wa + Ib * wb + Ic * wc + Id * wd
 
 
 def motion_supervision_loss(feat_bchw: torch.Tensor, handles_rc: torch.Tensor, targets_rc: torch.Tensor,
@@ -43,7 +69,7 @@ def motion_supervision_loss(feat_bchw: torch.Tensor, handles_rc: torch.Tensor, t
             continue
         d = delta / dist
         src = sample_patch(feat_bchw, h, r_m).detach()
-        moved = sample_patch(feat_bchw, h.float() + d, r_m)
+        moved = sample_patch(feat_bchw, h, r_m, shift_rc=d)
         loss = loss + (2 * r_m + 1) ** 2 * F.l1_loss(src, moved)
     return loss
 

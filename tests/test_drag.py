@@ -1,4 +1,5 @@
 """Motion supervision and point tracking on synthetic feature maps (no model)."""
+import numpy as np
 import pytest
 import torch
 
@@ -24,6 +25,53 @@ def test_sample_patch_is_bilinear_between_cells():
     f = torch.randn(1, 2, 8, 8)
     p = sample_patch(f, torch.tensor([3.0, 4.5]), 0)
     assert torch.allclose(p[0, :, 0, 0], 0.5 * (f[0, :, 3, 4] + f[0, :, 3, 5]), atol=1e-6)
+
+
+def _bilinear_reference(f, y, x):
+    """f (1, C, H, W) sampled at the real point (y, x), in float64, written out from the definition."""
+    y0, x0 = int(np.floor(y)), int(np.floor(x))
+    fy, fx = y - y0, x - x0
+    g = f[0].double()
+    at = lambda r, c: g[:, min(max(r, 0), g.shape[1] - 1), min(max(c, 0), g.shape[2] - 1)]  # noqa: E731
+    return ((1 - fy) * (1 - fx) * at(y0, x0) + fy * (1 - fx) * at(y0 + 1, x0)
+            + (1 - fy) * fx * at(y0, x0 + 1) + fy * fx * at(y0 + 1, x0 + 1))
+
+
+@pytest.mark.parametrize("r", [1, 2])
+def test_sample_patch_with_a_shift_is_the_bilinear_patch_and_differentiable(r):
+    """The shifted patch (the drag loop's moved patch, sampled with the official code's arithmetic: the window's
+    corner plus the shift, its floor, four weights, four slices) against the definition; its gradient reaches
+    exactly the cells it reads. Bit-identity with the official code itself is what benchmarks/parity_official.py
+    measures (0 over the whole drag loop on the tiny model)."""
+    g = torch.Generator().manual_seed(r)
+    for _ in range(10):
+        f = torch.randn(1, 5, 24, 24, generator=g)
+        h = torch.randint(4, 19, (2,), generator=g).float()
+        t = h + torch.randn(2, generator=g) * 6
+        d = (t - h) / (t - h).norm()
+        fr = f.clone().requires_grad_(True)
+        p = sample_patch(fr, h, r, shift_rc=d)
+        assert p.shape == (1, 5, 2 * r + 1, 2 * r + 1)
+        for i in range(2 * r + 1):
+            for j in range(2 * r + 1):
+                want = _bilinear_reference(f, float(h[0] - r + i + d[0]), float(h[1] - r + j + d[1]))
+                assert torch.allclose(p[0, :, i, j].double(), want, atol=1e-5)
+        p.sum().backward()
+        touched = fr.grad[0, 0] != 0
+        rows, cols = touched.nonzero(as_tuple=True)
+        assert rows.min() >= int(torch.floor(h[0] - r + d[0])) and rows.max() <= int(torch.floor(h[0] + r + d[0])) + 1
+        assert cols.min() >= int(torch.floor(h[1] - r + d[1])) and cols.max() <= int(torch.floor(h[1] + r + d[1])) + 1
+        r1, c1 = int(h[0]) - r, int(h[1]) - r
+        assert torch.equal(sample_patch(f, h, r), f[:, :, r1:r1 + 2 * r + 1, c1:c1 + 2 * r + 1])
+
+
+def test_sample_patch_repeats_the_border_outside_the_grid():
+    f = torch.arange(36.0).view(1, 1, 6, 6)
+    p = sample_patch(f, torch.tensor([0.0, 5.0]), 1)           # the top-right corner: a full 3x3 patch
+    assert p.shape == (1, 1, 3, 3)
+    assert p[0, 0].tolist() == [[4.0, 5.0, 5.0], [4.0, 5.0, 5.0], [10.0, 11.0, 11.0]]
+    q = sample_patch(f, torch.tensor([5.0, 2.0]), 1, shift_rc=torch.tensor([0.5, 0.0]))
+    assert q[0, 0, 2].tolist() == [31.0, 32.0, 33.0]            # rows 6.5 -> the last row, repeated
 
 
 def test_tracking_recovers_a_known_shift():

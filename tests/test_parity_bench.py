@@ -54,7 +54,25 @@ def test_mask_grid_check_counts_disagreeing_cells(po):
     from dragnb import DragSession, tiny_model
     s = DragSession(tiny_model(), po.scene(64))
     bad, total = po.mask_grid_check(s, 64, _cfg_args(po))
-    assert total == 32 * 32 and 0 <= bad < total
+    assert (bad, total) == (0, 32 * 32)        # dragnb's mask_to_grid follows the official nearest rule
+    for size in (48, 64):                      # a random mask, cell for cell (PIL's centre rule fails this)
+        args = po.official_args(__import__("dragnb").DragConfig(), "p", (size, size), 5)
+        s = DragSession(tiny_model(), po.scene(size))
+        rnd = np.random.default_rng(size).random((size, size)) > 0.5
+        ours = s.geometry.mask_to_grid(rnd)
+        theirs = po.official_mask(rnd, args, "cpu")[0, 0].numpy()
+        assert ours.shape == theirs.shape and (ours == theirs).all()
+
+
+def test_official_commit_prefers_the_commit_file(po, tmp_path):
+    d = tmp_path / "DragDiffusion"
+    d.mkdir()
+    assert po.official_commit(str(d)) == "unknown"
+    (d / "COMMIT").write_text("ebe659a9c5b722f25d9690e74d813fca96531f97\n")
+    assert po.official_commit(str(d)) == "ebe659a9c5b722f25d9690e74d813fca96531f97"
+    # a folder inside another repository (this one's ignored .official/) must not report that repository's HEAD
+    inner = os.path.join(HERE, "..", "dragnb")
+    assert po.official_commit(inner) == "unknown"
 
 
 def test_drag_loop_taps_on_a_stand_in(po):

@@ -61,7 +61,7 @@ class GoodDrag(DragMethod):
                 continue
             step = delta / dist * torch.clamp(dist, max=config.beta)
             src = sample_patch(ref.feat, h0, config.r_m).detach()
-            moved = sample_patch(feat_bchw, h.float() + step, config.r_m)
+            moved = sample_patch(feat_bchw, h, config.r_m, shift_rc=step)
             loss = loss + self._weight(config) * F.l1_loss(src, moved)
         return loss
 
