@@ -53,10 +53,7 @@ except ImportError:  # run from a checkout without `pip install -e .`
 
 from dragnb import DragSession, ddim, lora  # noqa: E402
 from dragnb.attention import mutual_self_attention  # noqa: E402
-try:  # the UNet call with dragnb's autocast and guidance (moving from session.py to unet.py)
-    from dragnb.unet import guided_unet_fn  # noqa: E402
-except ImportError:
-    from dragnb.session import guided_unet_fn  # noqa: E402
+from dragnb.unet import guided_unet_fn  # noqa: E402  (the UNet call with dragnb's autocast and guidance)
 
 # the official run_drag's fixed values and its UI defaults (drag_ui.py), for the table that shows both
 OFFICIAL_DEFAULTS = dict(n_inference_steps=50, inversion_strength=0.7, guidance_scale=1.0, feature_block=2,

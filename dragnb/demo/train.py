@@ -34,32 +34,26 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dragnb import ddim
 from dragnb.demo import model as M
 from dragnb.demo.world import random_batch, random_scene, render
 from dragnb.metrics import psnr
 
 # --------------------------------------------------------------------------------------------------
-# minimal DDIM (v-prediction) used for the figures; the library's own lives in dragnb/ddim.py
-
-
-def _ab(sched, t: int) -> torch.Tensor:
-    return sched.alphas_cumprod[max(int(t), 0)]
+# DDIM between exact noise levels (clean level 0 included, the UNet evaluated at the level it starts from), for the
+# figures' inversion round trip; the arithmetic is the library's (dragnb.ddim), whose inversion is the official one
 
 
 def ddim_move(unet, x, t_from: int, t_to: int, emb):
     """One deterministic DDIM transition of latents x (B, C, h, w) from noise level t_from to t_to."""
-    a_f, a_t = _ab(unet._sched, t_from), _ab(unet._sched, t_to)
     t = torch.full((x.shape[0],), int(t_from), device=x.device)
-    v = unet(x, t, emb.expand(x.shape[0], -1, -1)).sample
-    x0 = a_f.sqrt() * x - (1 - a_f).sqrt() * v
-    eps = a_f.sqrt() * v + (1 - a_f).sqrt() * x
-    return a_t.sqrt() * x0 + (1 - a_t).sqrt() * eps
+    out = unet(x, t, emb.expand(x.shape[0], -1, -1)).sample
+    return ddim.ddim_move(unet._sched, out, x, int(t_from), int(t_to))
 
 
 def ddim_levels(sched, n_steps: int) -> list[int]:
     """Noise levels [0, t_1, ..., t_n] of an n-step DDIM schedule, clean first."""
-    sched.set_timesteps(n_steps)
-    return [0] + sorted(int(t) for t in sched.timesteps)
+    return [0] + sorted(ddim.timesteps(sched, n_steps))
 
 
 @torch.no_grad()
