@@ -7,20 +7,20 @@ Feature maps are `feat_bchw (1, C, h, w)`.
 """
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
 
-def _window(feat: torch.Tensor, row0: torch.Tensor, col0: torch.Tensor, n: int) -> torch.Tensor:
+def _window(feat: torch.Tensor, row0: int, col0: int, n: int) -> torch.Tensor:
     """feat[:, :, row0:row0+n, col0:col0+n]; where the window leaves the grid, the border repeats."""
     _, _, h, w = feat.shape
-    r0, c0 = int(row0), int(col0)
-    if 0 <= r0 and r0 + n <= h and 0 <= c0 and c0 + n <= w:
-        return feat[:, :, r0:r0 + n, c0:c0 + n]          # a plain slice, as the official code indexes
-    rows = torch.arange(r0, r0 + n, device=feat.device).clamp(0, h - 1)
-    cols = torch.arange(c0, c0 + n, device=feat.device).clamp(0, w - 1)
+    if 0 <= row0 and row0 + n <= h and 0 <= col0 and col0 + n <= w:
+        return feat[:, :, row0:row0 + n, col0:col0 + n]          # a plain slice, as the official code indexes
+    rows = torch.arange(row0, row0 + n, device=feat.device).clamp(0, h - 1)
+    cols = torch.arange(col0, col0 + n, device=feat.device).clamp(0, w - 1)
     return feat[:, :, rows[:, None], cols[None, :]]
 
 
@@ -40,18 +40,19 @@ def sample_patch(feat_bchw: torch.Tensor, center_rc: torch.Tensor, r: int,
     if shift_rc is not None:
         corner = corner + shift_rc.float()
     y1, x1 = corner[0], corner[1]
-    y_floor, x_floor = torch.floor(y1).long(), torch.floor(x1).long()
-    if shift_rc is None and float(y1) == float(y_floor) and float(x1) == float(x_floor):
-        return _window(feat, y_floor, x_floor, n)       # on a cell: the slice itself (the official source patch)
-    y_cell, x_cell = y_floor + 1, x_floor + 1
-    wa = (x_cell.float() - x1) * (y_cell.float() - y1)
-    wb = (x_cell.float() - x1) * (y1 - y_floor.float())
-    wc = (x1 - x_floor.float()) * (y_cell.float() - y1)
-    wd = (x1 - x_floor.float()) * (y1 - y_floor.float())
-    Ia = _window(feat, y_floor, x_floor, n)
-    Ib = _window(feat, y_cell, x_floor, n)
-    Ic = _window(feat, y_floor, x_cell, n)
-    Id = _window(feat, y_cell, x_cell, n)
+    cy, cx = corner.tolist()                            # one host read per patch (the official slicing does more)
+    fy, fx = math.floor(cy), math.floor(cx)
+    if shift_rc is None and (cy, cx) == (fy, fx):
+        return _window(feat, fy, fx, n)                 # on a cell: the slice itself (the official source patch)
+    # the weights as tensors from integer-valued floats, exactly the official (x1_cell.float() - x1) etc.
+    wa = (float(fx + 1) - x1) * (float(fy + 1) - y1)
+    wb = (float(fx + 1) - x1) * (y1 - float(fy))
+    wc = (x1 - float(fx)) * (float(fy + 1) - y1)
+    wd = (x1 - float(fx)) * (y1 - float(fy))
+    Ia = _window(feat, fy, fx, n)
+    Ib = _window(feat, fy + 1, fx, n)
+    Ic = _window(feat, fy, fx + 1, n)
+    Id = _window(feat, fy + 1, fx + 1, n)
     return Ia * wa + Ib * wb + Ic * wc + Id * wd
 
 
