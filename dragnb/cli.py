@@ -118,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "writes before.png, after.png, drag.gif and record.json into --out.")
     d.add_argument("--out", required=True, help="output folder (created)")
     d.add_argument("--steps", type=_whole(1), default=None, help="most drag steps (default: the model's config)")
+    d.add_argument("--weights", default=None, metavar="DIR",
+                   help="a demo-model weights folder to use instead of the shipped one (written by "
+                        "`python -m dragnb.demo.train --out DIR` or `benchmarks/gpu_train.sh --unpack`)")
 
     e = sub.add_parser("edit", help="drag points of an image",
                        description="Drag handle points of IMAGE to targets and write the edited image plus a JSON "
@@ -352,8 +355,10 @@ def main(argv=None) -> int:
             return cmd_edit(a)
         if a.command == "demo":
             _check_new_folder(a.out, "--out")
-            from .demo.run import run_demo
-            rec = run_demo(a.out, steps=a.steps)
+            from .demo.run import check_weights_folder, run_demo
+            if a.weights is not None:
+                check_weights_folder(a.weights, option="--weights")
+            rec = run_demo(a.out, steps=a.steps, weights=a.weights)
             print(json.dumps({k: rec[k] for k in rec if k in ("timings_s", "final_handles", "drags")}, indent=1))
             print(f"wrote before.png, after.png, drag.gif, record.json into {a.out}")
             return 0

@@ -163,6 +163,21 @@ def test_load_model_reads_a_demo_layout_folder(tmp_path):
     assert m.name == str(copy.resolve()) and m.codec_factor == M.FACTOR
 
 
+def test_demo_command_runs_other_weights(tmp_path, capsys):
+    """`python -m dragnb demo --weights DIR` edits the demo scene with a weights folder of the demo layout (a model
+    someone trained), not the shipped one; the record names the folder."""
+    import json
+    import shutil
+    from dragnb.cli import main
+    from dragnb.models import DEMO_DIR
+    copy = tmp_path / "my_weights"
+    shutil.copytree(DEMO_DIR, copy)
+    assert main(["demo", "--out", str(tmp_path / "out"), "--steps", "2", "--weights", str(copy)]) == 0
+    rec = json.loads((tmp_path / "out" / "record.json").read_text())
+    assert rec["model"] == str(copy.resolve()) and rec["steps"] <= 2
+    assert (tmp_path / "out" / "after.png").exists()
+
+
 def test_sharded_weights_load_like_one_file(tmp_path):
     """A demo-layout folder whose UNet is saved in safetensors shards (train.py --shard-size; the GPU run keeps
     every file under 15 MiB) loads through load_model(folder) and gives the same UNet outputs as the same

@@ -40,7 +40,17 @@ def _draw(img: Image.Image, handles, targets, start_handles, caption: str) -> Im
     return big
 
 
-def run_demo(out_dir, model=None, steps: int | None = None, gif_every: int = 4) -> dict:
+def check_weights_folder(weights, option: str = "weights=") -> None:
+    """Refuse, with the fix, anything but a folder in the demo model's layout."""
+    p = Path(weights)
+    if not p.is_dir() or not (p / "dragnb_demo.json").is_file():
+        sep = "" if option.endswith("=") else " "
+        raise ValueError(f"{option}{sep}{str(weights)!r} is not a demo-model weights folder (a folder holding "
+                         "dragnb_demo.json, unet/ and scheduler/, as `python -m dragnb.demo.train --out DIR` writes): "
+                         "give such a folder, or leave it out for the shipped weights")
+
+
+def run_demo(out_dir, model=None, steps: int | None = None, gif_every: int = 4, weights=None) -> dict:
     """Edit the fixed demo scene with its preset drag and mask; write before.png, after.png, drag.gif,
     record.json under `out_dir` and return the record (drags, final handles, scores, timings per stage).
 
@@ -49,6 +59,8 @@ def run_demo(out_dir, model=None, steps: int | None = None, gif_every: int = 4) 
         model: a `DragModel`; default `load_model("demo")`.
         steps: most drag steps (default: the model's config, 80; the run stops when the handle arrives).
         gif_every: draw a GIF frame (one `preview()`) every this many steps.
+        weights: with `model` None, a folder in the demo model's layout to load instead of the shipped weights
+            (written by `python -m dragnb.demo.train --out DIR` or `benchmarks/gpu_train.sh --unpack`).
     """
     import torch
 
@@ -57,13 +69,15 @@ def run_demo(out_dir, model=None, steps: int | None = None, gif_every: int = 4) 
         raise ValueError(f"steps={steps} is invalid: use at least 1 drag step (or None for the model's default)")
     if int(gif_every) < 1:
         raise ValueError(f"gif_every={gif_every} is invalid: use at least 1")
+    if weights is not None and model is None:
+        check_weights_folder(weights)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
     if model is None:
         t = time.perf_counter()
-        model = load_model("demo")
+        model = load_model("demo" if weights is None else str(weights))
         timings["load_model"] = time.perf_counter() - t
     case = demo_case()
     cfg = model.default_config(**({} if steps is None else {"drag_steps": int(steps)}))
@@ -125,5 +139,5 @@ def run_demo(out_dir, model=None, steps: int | None = None, gif_every: int = 4) 
 
 if __name__ == "__main__":
     import sys
-    rec = run_demo(sys.argv[1] if len(sys.argv) > 1 else "out/demo")
+    rec = run_demo(sys.argv[1] if len(sys.argv) > 1 else "out/demo", weights=sys.argv[2] if len(sys.argv) > 2 else None)
     print(json.dumps(rec["timings_s"], indent=1), rec["score"])
