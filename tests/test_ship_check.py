@@ -1,0 +1,94 @@
+"""benchmarks/ship_check.py: the one command that decides whether a trained demo model replaces the shipped one."""
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def sc():
+    spec = importlib.util.spec_from_file_location("ship_check_under_test", ROOT / "benchmarks" / "ship_check.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory):
+    """An untrained tiny demo-layout folder, with a figures folder beside it as `gpu_train.sh --unpack` leaves."""
+    from dragnb.demo import model as M
+    from dragnb.demo import train
+    d = tmp_path_factory.mktemp("w")
+    torch.manual_seed(0)
+    unet = M.build_demo_unet("tiny")
+    train.save_weights(d / "cand", unet, M.make_prompt_embeds(0), {"steps": 1, "final_loss": 1.0}, factor=2,
+                       overrides=M.config_overrides_for(unet), shard_size="400KB")
+    figs = d / "cand_results" / "figures"
+    figs.mkdir(parents=True)
+    (figs / "training_curve.png").write_bytes(b"png")
+    (figs / "loss.csv").write_text("step,loss\n1,1.0\n")
+    return d / "cand"
+
+
+def _cand(**q):
+    quality = {"n": 50, "dist_frac": 0.25, "iou": 0.6, "bg_psnr": 31.0, "lost": 0}
+    quality.update(q)
+    return {"weights_mb": 20.0, "demo_s_median": 12.0, "quality": {"full": quality}}
+
+
+def test_verdict_needs_the_gates_and_a_better_drag(sc):
+    shipped = {"dist_frac": 0.51, "iou": 0.26, "bg_psnr": 31.8, "lost": 0}
+    assert sc.verdict(_cand(), shipped) == (True, [])
+    ok, why = sc.verdict(_cand(dist_frac=0.6), shipped)
+    assert not ok and "distance left 0.60 not below the shipped 0.51" in why[0]
+    ok, why = sc.verdict(_cand(iou=0.2), shipped)
+    assert not ok and "IoU" in why[0]
+    ok, why = sc.verdict(_cand(bg_psnr=25.0), shipped)
+    assert not ok and "background 25.0 dB" in why[0]
+    ok, why = sc.verdict({**_cand(), "weights_mb": 30.0}, shipped)
+    assert not ok and "30.0 MB > 25 MB" in why[0]
+    ok, why = sc.verdict({**_cand(), "demo_s_median": 16.0}, shipped)
+    assert not ok and "demo 16.0 s > 15 s" in why[0]
+
+
+def test_summary_rows_read_the_shipped_quality_table(sc):
+    rows = sc.summary_rows(sc.SHIPPED_QUALITY)
+    assert {"full", "dragdiffusion"} <= set(rows)
+    assert set(rows["full"]) == {"n", "dist_frac", "iou", "bg_psnr", "lost"} and rows["full"]["n"] >= 50
+
+
+def test_install_replaces_the_weights_and_copies_the_figures(sc, tiny_weights, tmp_path):
+    dest, docs = tmp_path / "weights", tmp_path / "docs"
+    dest.mkdir(); docs.mkdir()
+    (dest / "stale.safetensors").write_bytes(b"old")
+    copied = sc.install(tiny_weights, dest, docs)
+    assert not (dest / "stale.safetensors").exists()
+    assert (dest / "dragnb_demo.json").exists() and len(list((dest / "unet").glob("*.safetensors"))) >= 2
+    assert sorted(p.name for p in docs.iterdir()) == ["loss.csv", "training_curve.png"]
+    assert len(copied) == len(list(tiny_weights.iterdir())) + 2
+    from dragnb import load_model
+    assert load_model(dest, device="cpu").codec_factor == 2
+
+
+def test_a_smoke_check_end_to_end_refuses_to_install_a_worse_model(sc, tiny_weights, tmp_path, capsys):
+    dest = tmp_path / "weights"
+    dest.mkdir()
+    (dest / "keep.txt").write_text("the shipped model")
+    out = sc.main([str(tiny_weights), "--quick", "--json", str(tmp_path / "c.json"), "--install",
+                   "--dest", str(dest), "--docs", str(tmp_path)])
+    text = capsys.readouterr().out
+    assert out["verdict"] == "keep the shipped model" and "verdict: keep the shipped model" in text
+    assert "not installed" in text and (dest / "keep.txt").exists()
+    saved = json.loads((tmp_path / "c.json").read_text())
+    # the shipped model's drag starts where its inversion stops (strength 0.75 of 50 steps: t = 741)
+    assert saved["shipped_prior"]["t_drag"] == 741 and saved["shipped_prior"]["method"] == "gooddrag"
+    assert saved["quality"]["full"]["n"] == 2 and len(saved["demo_s"]) == 1 and saved["weights_mb"] > 0
+
+
+def test_a_folder_that_is_not_demo_weights_is_refused(sc, tmp_path):
+    with pytest.raises(ValueError, match="not a demo-model weights folder"):
+        sc.main([str(tmp_path), "--quick"])
