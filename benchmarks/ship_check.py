@@ -73,10 +73,10 @@ def prior(weights: str, n_levels: int, n_samples: int) -> dict:
     return out
 
 
-def quality(weights: str, n: int, workers: int, quick: bool, json_path: Path) -> dict:
-    """bench_quality.py's summary rows for the model's default method and the official loop, by method label."""
+def quality(weights: str, n: int, workers: int, quick: bool, json_path: Path, methods: str = "full,dragdiffusion") -> dict:
+    """bench_quality.py's summary rows for the model's default method ("full") and the official loop, by method."""
     cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_quality.py"), "--weights", weights, "--n", str(n),
-           "--methods", "full,dragdiffusion", "--workers", str(workers), "--threads", str(workers),
+           "--methods", methods, "--workers", str(workers), "--threads", str(workers),
            "--json", str(json_path)] + (["--quick"] if quick else [])
     subprocess.run(cmd, check=True)
     return summary_rows(json_path)
@@ -103,14 +103,17 @@ def demo_seconds(weights: str, runs: int) -> list[float]:
     return times
 
 
-def verdict(cand: dict, shipped: dict | None) -> tuple[bool, list[str]]:
+def verdict(cand: dict, shipped: dict | None, slow_demo_reason: str | None = None) -> tuple[bool, list[str]]:
     """(ship?, reasons): the gates, then better than the shipped model on distance and IoU."""
     why = []
     ok = True
     if cand["weights_mb"] > SIZE_MB:
         ok = False; why.append(f"weights {cand['weights_mb']:.1f} MB > {SIZE_MB:.0f} MB")
     if cand["demo_s_median"] > DEMO_S:
-        ok = False; why.append(f"demo {cand['demo_s_median']:.1f} s > {DEMO_S:.0f} s (idle machine?)")
+        if slow_demo_reason:
+            why.append(f"demo {cand['demo_s_median']:.1f} s > {DEMO_S:.0f} s, allowed: {slow_demo_reason}")
+        else:
+            ok = False; why.append(f"demo {cand['demo_s_median']:.1f} s > {DEMO_S:.0f} s (idle machine?)")
     q = cand["quality"]["full"]
     if q["bg_psnr"] < GOALS["bg_psnr_db"]:
         ok = False; why.append(f"background {q['bg_psnr']:.1f} dB < {GOALS['bg_psnr_db']:.0f} dB")
@@ -147,6 +150,11 @@ def main(argv=None) -> dict:
     p.add_argument("--workers", type=int, default=2, help="bench_quality worker processes (default 2)")
     p.add_argument("--runs", type=int, default=3, help="timed demo runs (default 3)")
     p.add_argument("--samples", type=int, default=32, help="samples from noise for the shape fidelity (default 32)")
+    p.add_argument("--methods", default="full,dragdiffusion",
+                   help="bench_quality methods (default full,dragdiffusion; 'full', the model's default, is required)")
+    p.add_argument("--allow-slow-demo", default=None, metavar="REASON",
+                   help="let a demo over 15 s pass the gate, for the measured gain named in REASON (issue 17 allows it "
+                        "when the gain is worth more); the time and the reason are printed and saved")
     p.add_argument("--quick", action="store_true", help="smoke run: 2 cases (bench --quick), 4 samples, 1 demo run")
     p.add_argument("--json", default=None, help="write every figure here")
     p.add_argument("--install", action="store_true", help="when the verdict is 'ship', copy WEIGHTS into the package")
@@ -155,6 +163,8 @@ def main(argv=None) -> dict:
     a = p.parse_args(argv)
     from dragnb.demo.run import check_weights_folder
     check_weights_folder(a.weights, option="WEIGHTS ")
+    if "full" not in a.methods.split(","):
+        raise ValueError(f"--methods {a.methods!r} lacks 'full' (the model's default method), which the verdict reads")
     weights = Path(a.weights).resolve()
     if a.quick:
         a.n, a.samples, a.runs = 2, 4, 1
@@ -166,7 +176,7 @@ def main(argv=None) -> dict:
     print(f"prior: x0 PSNR at t = {cand['t_drag']} (the {cand['method']} drag's first timestep) "
           f"{cand['x0_psnr_db']:.2f} dB; shape fidelity {cand.get('shape_fidelity', 'n/a')}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        cand["quality"] = quality(str(weights), a.n, a.workers, a.quick, Path(tmp) / "q.json")
+        cand["quality"] = quality(str(weights), a.n, a.workers, a.quick, Path(tmp) / "q.json", a.methods)
     cand["demo_s"] = demo_seconds(str(weights), a.runs)
     cand["demo_s_median"] = statistics.median(cand["demo_s"])
     cand["check_s"] = round(time.perf_counter() - t0, 1)
@@ -175,7 +185,7 @@ def main(argv=None) -> dict:
     if SHIPPED_QUALITY.exists():
         rows = summary_rows(SHIPPED_QUALITY)
         shipped, shipped_dd = rows.get("full"), rows.get("dragdiffusion")
-    ok, why = verdict(cand, shipped)
+    ok, why = verdict(cand, shipped, a.allow_slow_demo)
     cand["verdict"] = "ship" if ok else "keep the shipped model"
     cand["reasons"] = why
 

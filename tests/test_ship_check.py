@@ -53,6 +53,8 @@ def test_verdict_needs_the_gates_and_a_better_drag(sc):
     assert not ok and "30.0 MB > 25 MB" in why[0]
     ok, why = sc.verdict({**_cand(), "demo_s_median": 16.0}, shipped)
     assert not ok and "demo 16.0 s > 15 s" in why[0]
+    ok, why = sc.verdict({**_cand(), "demo_s_median": 16.0}, shipped, "IoU 0.26 -> 0.6")
+    assert ok and why == ["demo 16.0 s > 15 s, allowed: IoU 0.26 -> 0.6"]
 
 
 def test_summary_rows_read_the_shipped_quality_table(sc):
@@ -89,6 +91,8 @@ def test_a_smoke_check_end_to_end_refuses_to_install_a_worse_model(sc, tiny_weig
     assert saved["quality"]["full"]["n"] == 2 and len(saved["demo_s"]) == 1 and saved["weights_mb"] > 0
 
 
-def test_a_folder_that_is_not_demo_weights_is_refused(sc, tmp_path):
+def test_a_folder_that_is_not_demo_weights_is_refused(sc, tmp_path, tiny_weights):
     with pytest.raises(ValueError, match="not a demo-model weights folder"):
         sc.main([str(tmp_path), "--quick"])
+    with pytest.raises(ValueError, match="lacks 'full'"):
+        sc.main([str(tiny_weights), "--quick", "--methods", "dragdiffusion"])
