@@ -11,7 +11,12 @@ Part 2 (with --official): `parity_official.parity_sd` on a fresh model of the sa
 the official run_drag sequence (inversion, `drag_diffusion_update` on a float32 UNet under its own float16 autocast
 and GradScaler, denoising with its mutual self-attention editor), each stage timed with its peak
 `torch.cuda.max_memory_allocated`, plus the stage-by-stage agreement. Ratios official / dragnb per stage.
-Writes gpu_sd_timings.json (everything) and gpu_sd_timings.txt (the table); each part is written when it ends.
+Part 3: `dragnb.bench.bench_speed`: each speed option of `dragnb.set_speed` (channels_last, gradient
+checkpointing, both, a bfloat16 model, regional torch.compile) on the same short edit, per stage seconds and peak
+memory, and how far each option's dragged latent lands from the baseline's; rows that would pass the deadline
+(`--deadline-s`, counted from the start) are skipped and named.
+Writes gpu_sd_timings.json (everything) and gpu_sd_timings.txt (the table); each part (and each row of part 3)
+is written when it ends.
 """
 from __future__ import annotations
 
@@ -68,6 +73,12 @@ def table(res: dict) -> str:
         lines += ["", c.get("parity_line", "")]
     elif c is not None:
         lines += [f"side by side: {c}"]
+    sp = res.get("speed")
+    if isinstance(sp, dict):
+        from dragnb.bench import speed_table
+        lines += ["", speed_table(sp)]
+    elif sp is not None:
+        lines += ["", f"speed options: {sp}"]
     return "\n".join(lines) + "\n"
 
 
@@ -114,7 +125,13 @@ def main(argv=None):
     p.add_argument("--size", type=int, default=None, help="default 512 (64 with --quick)")
     p.add_argument("--drag-steps", type=int, default=None, help="default 80 (3 with --quick)")
     p.add_argument("--lora-steps", type=int, default=None, help="default 80 (2 with --quick)")
-    p.add_argument("--skip-bench", action="store_true", help="only the side-by-side part")
+    p.add_argument("--skip-bench", action="store_true", help="skip part 1 (dragnb's stages)")
+    p.add_argument("--skip-speed", action="store_true", help="skip part 3 (the speed options)")
+    p.add_argument("--speed-variants", default=None,
+                   help="comma-separated rows of part 3 (default all: see dragnb.bench.SPEED_VARIANTS)")
+    p.add_argument("--deadline-s", type=float, default=450.0,
+                   help="part 3 starts no row likely to end later than this many seconds after the start (default "
+                        "450; the shell wrapper's cap is 480)")
     a = p.parse_args(argv)
     import warnings
     warnings.filterwarnings("ignore")
@@ -148,6 +165,7 @@ def main(argv=None):
             f.write(table(res))
 
     t_all = time.perf_counter()
+    deadline = t_all + a.deadline_s
     if not a.skip_bench:  # part 1: dragnb alone (also warms the GPU for part 2)
         from dragnb.bench import bench_stages
         t0 = time.perf_counter()
@@ -188,6 +206,23 @@ def main(argv=None):
         _free()
     else:
         res["side_by_side"] = "not run: no --official checkout given"
+    if not a.skip_speed:  # part 3: the speed options, as many rows as the deadline allows
+        from dragnb.bench import bench_speed
+        t0 = time.perf_counter()
+        variants = a.speed_variants.split(",") if a.speed_variants else None
+
+        def row_done(r):
+            res["speed"] = r
+            write()
+        try:
+            res["speed"] = bench_speed(model=model, size=size, device=device, dtype=torch_dtype,
+                                       drag_steps=3 if q else 8, lora_steps=2 if q else 10, variants=variants,
+                                       deadline=deadline, on_row=row_done)
+        except Exception as e:  # noqa: BLE001
+            traceback.print_exc()
+            res["speed"] = f"{type(e).__name__}: {e}"
+        res["speed_wall_s"] = time.perf_counter() - t0
+        _free()
     res["total_wall_s"] = time.perf_counter() - t_all
     write()
     print(table(res))

@@ -7,7 +7,8 @@
 #
 # --official defaults to .official/ in the repository root when that folder exists (see benchmarks/PARITY.md).
 # --quick is the CPU smoke run (tiny model, 64 px, 3 drag steps, 2 LoRA steps; well under a minute).
-# The whole run is capped at GPU_SD_TIMEOUT seconds (default 480) so a device call keeps its output.
+# The whole run is capped at GPU_SD_TIMEOUT seconds (default 480) so a device call keeps its output; part 3 (the
+# speed options) starts no row likely to end within 30 s of that cap (--deadline-s, unless given).
 set -uo pipefail
 if [ $# -lt 1 ] || [ "${1#-}" != "$1" ]; then
     echo "usage: $0 OUT_DIR [--official DIR] [--quick] [...]" >&2
@@ -37,6 +38,9 @@ export PYTHONUNBUFFERED=1 TQDM_DISABLE=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 ARGS=("$@")
 if [ -d "$REPO/.official" ] && [[ " $* " != *" --official "* ]]; then
     ARGS+=(--official "$REPO/.official")
+fi
+if [[ " $* " != *" --deadline-s "* ]]; then
+    ARGS+=(--deadline-s "$(( ${GPU_SD_TIMEOUT:-480} - 30 ))")
 fi
 "$PY" -c "import torch, diffusers; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), \
 'diffusers', diffusers.__version__)" 2>&1 | tail -1

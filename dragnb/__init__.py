@@ -6,10 +6,11 @@ from .config import DragConfig
 from .models import DragModel, load_model, tiny_model
 from .cache import SourceCache
 from .session import DragDiverged, DragSession, StepRecord
+from .speed import set_speed
 from .threads import set_threads
 
 __version__ = "0.1.0"
-__all__ = ["DragConfig", "DragModel", "SourceCache", "DragSession", "DragDiverged", "StepRecord", "load_model", "tiny_model", "set_threads",
+__all__ = ["DragConfig", "DragModel", "SourceCache", "DragSession", "DragDiverged", "StepRecord", "load_model", "tiny_model", "set_threads", "set_speed",
            "DragEditor", "DragCanvas", "FeatureExplorer", "__version__"]
 
 

@@ -85,7 +85,9 @@ def mutual_self_attention(unet, start_step: int = 0, start_layer: int = 10):
     for i, m in enumerate(mods):
         m.set_processor(MutualSelfAttnProcessor(control, i))
     try:
-        yield control
+        # a compiled UNet (dragnb.set_speed(compile=...)) would recompile at every step, as control.step changes
+        with torch.compiler.set_stance("force_eager"):
+            yield control
     finally:
         for m, p in zip(mods, old):
             m.set_processor(p)

@@ -113,3 +113,125 @@ def bench_stages(model="tiny", size=None, device=None, dtype=None, drag_steps=10
                   "invert_peak_mb", "drag_peak_mb", "denoise_peak_mb"):
             print(f"  {k:28s} {res[k]:10.3f}")
     return res
+
+
+#: The speed-option rows `bench_speed` measures, in order (a compiled UNet stays compiled, so compiling comes last;
+#: a dtype row loads the model again in that dtype).
+SPEED_VARIANTS = (
+    ("baseline", {}),
+    ("channels_last", {"channels_last": True}),
+    ("gradient_checkpointing", {"gradient_checkpointing": True}),
+    ("channels_last + checkpointing", {"channels_last": True, "gradient_checkpointing": True}),
+    ("bfloat16", {"dtype": "bfloat16"}),
+    ("compile (regional)", {"compile": True}),
+)
+
+
+def _edit_once(s, drag_steps: int, dev) -> dict:
+    """One edit of session `s` from empty caches, each stage timed with its peak memory."""
+    r = {}
+    s.clear_caches()
+    _sync(dev); _reset_peak(dev)
+    t = time.perf_counter(); s.cache.train_lora(s.spec); _sync(dev)
+    r["lora_s"] = time.perf_counter() - t; r["lora_peak_mb"] = _peak_mb(dev); _reset_peak(dev)
+    t = time.perf_counter(); s.prepare(progress=False); _sync(dev)
+    r["inversion_and_features_s"] = time.perf_counter() - t; _reset_peak(dev)
+    t = time.perf_counter(); s.step(1); _sync(dev)
+    r["first_drag_step_s"] = time.perf_counter() - t      # builds the optimiser (and compiles, when compiled)
+    t = time.perf_counter(); recs = s.step(drag_steps - 1); _sync(dev)
+    r["drag_step_s"] = (time.perf_counter() - t) / max(1, len(recs)); r["drag_peak_mb"] = _peak_mb(dev)
+    _reset_peak(dev)
+    t = time.perf_counter(); s.result(); _sync(dev)
+    r["denoise_s"] = time.perf_counter() - t; r["denoise_peak_mb"] = _peak_mb(dev)
+    return r
+
+
+def bench_speed(model="tiny", size=None, device=None, dtype=None, drag_steps=6, lora_steps=6, variants=None,
+                deadline=None, on_row=None, verbose=True) -> dict:
+    """Each `dragnb.set_speed` option (and bfloat16) on the same edit: per stage seconds and peak memory, and how
+    far the dragged latent lands from the baseline's (the options change kernels, not the algorithm).
+
+    `variants`: names from `SPEED_VARIANTS` (default all). `deadline`: a `time.perf_counter()` value; a row
+    that would likely end after it is skipped and named in `skipped`. `on_row(result)` after each row.
+    Rows are measured on one loaded model (a dtype row loads it again), each from empty caches, with
+    `lora_steps` LoRA updates and `drag_steps` drag steps (the first, which builds the optimiser and
+    compiles a compiled UNet, is reported apart)."""
+    from .session import DragSession
+    from .speed import set_speed
+    names = [n for n, _ in SPEED_VARIANTS]
+    variants = list(variants or names)
+    bad = [v for v in variants if v not in names]
+    if bad:
+        raise ValueError(f"speed variants {bad} are unknown: use some of {names}")
+    if drag_steps < 2:
+        raise ValueError(f"drag_steps={drag_steps}: use 2 or more (the first step is reported apart)")
+    m = model_by_name(model, device, dtype)
+    dev = m.device
+    size = size or m.native_size
+    res = dict(model=model, size=size, device=str(dev), dtype=str(m.dtype).replace("torch.", ""),
+               drag_steps=drag_steps, lora_steps=lora_steps, torch=torch.__version__,
+               gpu=torch.cuda.get_device_name() if dev.type == "cuda" else None, rows=[], skipped=[])
+    base_latent = None
+    last_s = 0.0
+    for name in variants:
+        opts = dict(SPEED_VARIANTS)[name]
+        # a reload (dtype row) or a compilation costs more than the row before it: a floor on the estimate
+        extra = 0.0 if dev.type == "cpu" else 150.0 if "compile" in opts else 30.0 if "dtype" in opts else 0.0
+        if deadline is not None and time.perf_counter() + max(1.5 * last_s, extra) > deadline:
+            res["skipped"].append(name)
+            continue
+        t_row = time.perf_counter()
+        row = {"variant": name}
+        try:
+            mm = m
+            if "dtype" in opts:
+                mm = model_by_name(model, device, getattr(torch, opts["dtype"]))
+            else:
+                set_speed(m, channels_last=opts.get("channels_last", False),
+                          gradient_checkpointing=opts.get("gradient_checkpointing", False),
+                          compile=opts.get("compile") or None)
+            cfg = mm.default_config(lora_steps=lora_steps, drag_steps=drag_steps, reach_distance=0.5)
+            s = DragSession(mm, _scene(size), prompt="a photo", config=cfg)
+            s.add_drag((0.35 * size, 0.5 * size), (0.6 * size, 0.5 * size))
+            mask = np.zeros((size, size), bool)
+            mask[size // 4: 3 * size // 4, size // 6: 5 * size // 6] = True
+            s.set_mask(mask)
+            row.update(_edit_once(s, drag_steps, dev))
+            lat = s.current_latent().detach().float().cpu()
+            if base_latent is None:
+                base_latent = lat
+            row["max_dlatent_vs_first_row"] = float((lat - base_latent).abs().max())
+            if mm is not m:
+                del s, mm
+        except Exception as e:  # noqa: BLE001 - a row that fails is reported, the others still run
+            row["error"] = f"{type(e).__name__}: {e}"
+        row["row_s"] = last_s = time.perf_counter() - t_row
+        res["rows"].append(row)
+        if verbose:
+            print("  " + "  ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+        if on_row is not None:
+            on_row(res)
+    return res
+
+
+def speed_table(res: dict) -> str:
+    """`bench_speed`'s rows as a text table, with the drag step's ratio to the first row."""
+    rows = [r for r in res["rows"] if "error" not in r]
+    if not rows:
+        return ("speed options: no row ran" + "".join(f"\n  {r['variant']}: {r['error']}" for r in res["rows"])
+                + (f"\nskipped (deadline): {', '.join(res['skipped'])}" if res["skipped"] else ""))
+    b = rows[0]
+    cols = ("lora_s", "lora_peak_mb", "inversion_and_features_s", "first_drag_step_s", "drag_step_s", "drag_peak_mb",
+            "denoise_s")
+    head = f"{'variant':30s} " + " ".join(f"{c:>12s}" for c in cols) + f" {'drag x base':>11s} {'max dlat':>9s}"
+    lines = [f"speed options: {res['model']} {res['size']} px, {res['device']} {res['dtype']}, {res['lora_steps']} LoRA "
+             f"and {res['drag_steps']} drag steps per row", head]
+    for r in res["rows"]:
+        if "error" in r:
+            lines.append(f"{r['variant']:30s} failed: {r['error']}")
+            continue
+        lines.append(f"{r['variant']:30s} " + " ".join(f"{r[c]:12.3f}" for c in cols)
+                     + f" {b['drag_step_s'] / r['drag_step_s']:11.2f} {r['max_dlatent_vs_first_row']:9.2g}")
+    if res["skipped"]:
+        lines.append(f"skipped (deadline): {', '.join(res['skipped'])}")
+    return "\n".join(lines)

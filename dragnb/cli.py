@@ -54,6 +54,20 @@ def _whole(least: int):
     return parse
 
 
+SPEED_WORDS = {"channels_last": "channels_last", "checkpointing": "gradient_checkpointing",
+               "gradient_checkpointing": "gradient_checkpointing", "compile": "compile"}
+
+
+def _speed_options(text: str) -> dict:
+    """--speed channels_last,checkpointing,compile -> dragnb.set_speed keywords (checked before any work)."""
+    words = [w.strip() for w in text.split(",") if w.strip()]
+    bad = [w for w in words if w not in SPEED_WORDS]
+    if bad or not words:
+        raise argparse.ArgumentTypeError(f"--speed {text!r}: use a comma-separated list of channels_last, "
+                                         f"checkpointing, compile (e.g. --speed channels_last,checkpointing)")
+    return {SPEED_WORDS[w]: True for w in words}
+
+
 def _dtype(name):
     """A --dtype name -> torch dtype (None stays None, the device's default)."""
     import torch
@@ -153,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     e.add_argument("--dtype", default=None, type=_dtype_name,
                    help="float32, float16, bfloat16 (default: float16 on cuda, float32 on cpu)")
+    e.add_argument("--speed", type=_speed_options, default=None, metavar="OPTIONS",
+                   help="UNet speed options, comma-separated: channels_last, checkpointing (less memory, more time), "
+                        "compile (regional torch.compile; the first edit pays the compilation); see dragnb.speed")
     e.add_argument("--max-side", type=_whole(0), default=None,
                    help="work on images at most this many pixels on their longer side (default: the model's, 1024 "
                         "for SD models, 64 for the demo model; 0 = no limit); results come back at the input's size")
@@ -173,6 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--lora-steps", type=_whole(0), default=80)
     b.add_argument("--repeats", type=_whole(1), default=1)
     b.add_argument("--json", default=None, help="write the figures to this JSON file")
+    b.add_argument("--speed-options", action="store_true",
+                   help="instead: time each speed option of dragnb.set_speed (and bfloat16) on the same edit "
+                        "(dragnb.bench.bench_speed; --lora-steps and --drag-steps per row)")
 
     db = sub.add_parser("dragbench", help="run drag methods on a DragBench-format dataset (resumable, many GPUs)",
                         description="Run every sample of DATA_DIR (category folders of DragBench samples) with every "
@@ -308,6 +328,9 @@ def cmd_edit(a) -> int:
     model = load_model(a.model, device=a.device, dtype=_dtype(a.dtype), vae=a.vae)
     if a.max_side is not None:
         model.max_side = a.max_side or None
+    if a.speed:
+        from .speed import set_speed
+        set_speed(model, **a.speed)
     t_load = time.perf_counter() - t0
     changes = {k: v for k, v in dict(drag_steps=a.steps, lora_steps=a.lora_steps, lam=a.lam,
                                      inversion_strength=a.inversion_strength).items() if v is not None}
@@ -333,7 +356,8 @@ def cmd_edit(a) -> int:
                   config=s.config.to_dict(), drags=[dict(handle=h, target=t) for h, t in s.drags],
                   final_handles=s.handles, steps=s.n_steps, reached=s.reached, stop_reason=s.stop_reason,
                   final_loss=s.history[-1].loss if s.history else None,
-                  timings_s={k: round(v, 3) for k, v in timings.items()}, counters=s.counters)
+                  timings_s={k: round(v, 3) for k, v in timings.items()}, counters=s.counters,
+                  speed=model.speed)
     rec_path = os.path.splitext(a.out)[0] + ".json"
     with open(rec_path, "w") as f:
         json.dump(record, f, indent=2)
@@ -367,9 +391,14 @@ def main(argv=None) -> int:
         if a.command == "bench":
             if a.json:
                 _check_new_file(a.json, "--json")
-            from .bench import bench_stages
-            res = bench_stages(model=a.model, size=a.size, device=a.device, dtype=_dtype(a.dtype),
-                               drag_steps=a.drag_steps, lora_steps=a.lora_steps, repeats=a.repeats)
+            from .bench import bench_speed, bench_stages, speed_table
+            if a.speed_options:
+                res = bench_speed(model=a.model, size=a.size, device=a.device, dtype=_dtype(a.dtype),
+                                  drag_steps=max(2, a.drag_steps), lora_steps=a.lora_steps, verbose=False)
+                print(speed_table(res))
+            else:
+                res = bench_stages(model=a.model, size=a.size, device=a.device, dtype=_dtype(a.dtype),
+                                   drag_steps=a.drag_steps, lora_steps=a.lora_steps, repeats=a.repeats)
             if a.json:
                 os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
                 with open(a.json, "w") as f:

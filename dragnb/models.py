@@ -59,6 +59,7 @@ class DragModel:
     name: str = "model"
     max_side: int | None = DEFAULT_MAX_SIDE
     config_overrides: dict = field(default_factory=dict)
+    speed: dict = field(default_factory=dict)   # the UNet's speed options, set through `dragnb.set_speed`
 
     def __post_init__(self):
         if (self.vae is None) == (self.codec_factor is None):

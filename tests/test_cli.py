@@ -45,9 +45,11 @@ def test_edit_with_another_method_and_addons(tmp_path):
     out = tmp_path / "gd.png"
     rc = main(["edit", str(tmp_path / "in.png"), "--drag", "10,15:22,15", "--model", "tiny", "--steps", "3",
                "--lora-steps", "0", "--method", "gooddrag", "--restrict-tracking", "--warp-init", "0.3",
-               "--auto-mask", "--out", str(out)])
+               "--auto-mask", "--speed", "channels_last,checkpointing", "--out", str(out)])
     assert rc == 0
-    cfg = json.loads((tmp_path / "gd.json").read_text())["config"]
+    rec = json.loads((tmp_path / "gd.json").read_text())
+    assert rec["speed"] == {"channels_last": True, "gradient_checkpointing": True}
+    cfg = rec["config"]
     assert (cfg["method"], cfg["inversion_strength"], cfg["restrict_tracking"], cfg["warp_init"], cfg["auto_mask"]) \
         == ("gooddrag", 0.75, True, 0.3, True)
 
@@ -131,6 +133,7 @@ def test_bad_options_are_one_line(files, capsys, no_model_work):
     one_line_error(capsys, main(["frobnicate"]), "invalid choice")
     one_line_error(capsys, edit(files, "--method", "nope"), "invalid choice")
     one_line_error(capsys, edit(files, "--warp-init", "1.5"), "--warp-init 1.5")
+    one_line_error(capsys, edit(files, "--speed", "fast"), "--speed 'fast'", "channels_last, checkpointing, compile")
     one_line_error(capsys, edit(files, "--drag", "5,5:40,5"), "target (40, 5) is outside the 32×32 image")
 
 

@@ -1,0 +1,77 @@
+"""Speed and memory options of a loaded model's UNet, each measured before it becomes a default.
+
+    from dragnb import set_speed
+    before = set_speed(model, channels_last=True, gradient_checkpointing=True)   # returns the previous options
+    set_speed(model, **before)                                                    # and back
+
+The options, all off by default (what a win is depends on the card; `benchmarks/gpu_sd_timings.py` measures
+each one on the drag step, the LoRA fine-tune and the denoising, and benchmarks/README.md says which won where):
+
+* ``channels_last``: the UNet's weights in NHWC memory order (`torch.channels_last`), which tensor-core
+  convolutions prefer. Same arithmetic, other kernels: results agree to float rounding.
+* ``gradient_checkpointing``: diffusers' `enable_gradient_checkpointing()`: the blocks keep no activations for
+  the backward pass of a drag step or a LoRA update and recompute them instead. Less memory, more time;
+  results are bit-identical (the recomputation runs the same kernels).
+* ``compile``: regional `torch.compile` of the UNet's repeated transformer blocks (diffusers'
+  `compile_repeated_blocks`, so the first call compiles a few small graphs instead of the whole UNet).
+  True uses torch's default backend (inductor); a string names another backend (``"aot_eager"``: no code
+  generation, for tests). The first drag step pays the compilation. The final denoising with mutual
+  self-attention always runs eagerly (`dragnb.attention` changes the attention processors at every step,
+  which would recompile). Compilation cannot be undone on a loaded model: ``compile=False`` afterwards is
+  refused; load the model again instead.
+
+The options live on the model (``model.speed``), so every session using that model shares them.
+"""
+from __future__ import annotations
+
+import torch
+
+__all__ = ["set_speed", "speed_of", "OPTIONS"]
+
+OPTIONS = ("channels_last", "gradient_checkpointing", "compile")
+
+
+def speed_of(model) -> dict:
+    """The model's current options: {"channels_last": bool, "gradient_checkpointing": bool, "compile": False|True|str}."""
+    return {k: model.speed.get(k, False) for k in OPTIONS}
+
+
+def _check(name: str, value) -> None:
+    if name == "compile":
+        if not isinstance(value, (bool, str)) or value == "":
+            raise TypeError(f"compile={value!r}: use True (torch's default backend), False, or a backend name such "
+                            f"as 'inductor' or 'aot_eager'")
+        return
+    if not isinstance(value, bool):
+        raise TypeError(f"{name}={value!r}: use True or False")
+
+
+def set_speed(model, *, channels_last: bool | None = None, gradient_checkpointing: bool | None = None,
+              compile: bool | str | None = None) -> dict:
+    """Set the given options on `model`'s UNet (None leaves an option as it is). Returns the options as they
+    were before, so ``set_speed(model, **previous)`` restores them (except a compilation, which stays).
+    Nothing changes when a value is invalid."""
+    asked = {"channels_last": channels_last, "gradient_checkpointing": gradient_checkpointing, "compile": compile}
+    for k, v in asked.items():
+        if v is not None:
+            _check(k, v)
+    before = speed_of(model)
+    if compile is not None and before["compile"] and compile != before["compile"]:
+        raise ValueError(f"compile={compile!r}, but this model's UNet is already compiled with "
+                         f"compile={before['compile']!r}: a compilation cannot be undone or redone in place; load "
+                         f"the model again (dragnb.load_model) for other compile settings")
+    unet = model.unet
+    if channels_last is not None and channels_last != before["channels_last"]:
+        unet.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        model.speed["channels_last"] = channels_last
+    if gradient_checkpointing is not None and gradient_checkpointing != before["gradient_checkpointing"]:
+        try:
+            unet.enable_gradient_checkpointing() if gradient_checkpointing else unet.disable_gradient_checkpointing()
+        except ValueError as e:   # diffusers: the model class does not support it
+            raise ValueError(f"gradient_checkpointing={gradient_checkpointing}: {e}") from None
+        model.speed["gradient_checkpointing"] = gradient_checkpointing
+    if compile and not before["compile"]:
+        kwargs = {} if compile is True else {"backend": compile}
+        unet.compile_repeated_blocks(**kwargs)
+        model.speed["compile"] = compile
+    return before
