@@ -117,8 +117,11 @@ def verdict(cand: dict, shipped: dict | None, slow_demo_reason: str | None = Non
     q = cand["quality"]["full"]
     if q["bg_psnr"] < GOALS["bg_psnr_db"]:
         ok = False; why.append(f"background {q['bg_psnr']:.1f} dB < {GOALS['bg_psnr_db']:.0f} dB")
-    if shipped is None:
-        why.append("no shipped figures to compare with")
+    if shipped is None:   # never ship blind: a model is only shipped when it beats the one it replaces
+        ok = False
+        why.append(f"no shipped figures to compare with ({SHIPPED_QUALITY.relative_to(ROOT)} is missing or has no "
+                   f"'full' row): measure the shipped model first with python benchmarks/bench_quality.py --n 50 "
+                   f"--methods full,dragdiffusion --workers 2 --threads 2 --json {SHIPPED_QUALITY.relative_to(ROOT)}")
     else:
         if q["dist_frac"] >= shipped["dist_frac"]:
             ok = False; why.append(f"distance left {q['dist_frac']:.2f} not below the shipped {shipped['dist_frac']:.2f}")

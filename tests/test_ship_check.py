@@ -53,6 +53,8 @@ def test_verdict_needs_the_gates_and_a_better_drag(sc):
     assert not ok and "30.0 MB > 25 MB" in why[0]
     ok, why = sc.verdict({**_cand(), "demo_s_median": 16.0}, shipped)
     assert not ok and "demo 16.0 s > 15 s" in why[0]
+    ok, why = sc.verdict(_cand(), None)      # nothing to compare with: never ship blind
+    assert not ok and "no shipped figures" in why[0] and "bench_quality.py" in why[0]
     ok, why = sc.verdict({**_cand(), "demo_s_median": 16.0}, shipped, "IoU 0.26 -> 0.6")
     assert ok and why == ["demo 16.0 s > 15 s, allowed: IoU 0.26 -> 0.6"]
 
