@@ -121,6 +121,7 @@ SPEED_VARIANTS = (
     ("baseline", {}),
     ("channels_last", {"channels_last": True}),
     ("gradient_checkpointing", {"gradient_checkpointing": True}),
+    ("checkpointing, LoRA only", {"gradient_checkpointing": "lora"}),
     ("channels_last + checkpointing", {"channels_last": True, "gradient_checkpointing": True}),
     ("bfloat16", {"dtype": "bfloat16"}),
     ("compile (regional)", {"compile": True}),

@@ -54,18 +54,21 @@ def _whole(least: int):
     return parse
 
 
-SPEED_WORDS = {"channels_last": "channels_last", "checkpointing": "gradient_checkpointing",
-               "gradient_checkpointing": "gradient_checkpointing", "compile": "compile"}
+SPEED_WORDS = {"channels_last": ("channels_last", True), "checkpointing": ("gradient_checkpointing", True),
+               "gradient_checkpointing": ("gradient_checkpointing", True),
+               "lora_checkpointing": ("gradient_checkpointing", "lora"), "compile": ("compile", True)}
 
 
 def _speed_options(text: str) -> dict:
     """--speed channels_last,checkpointing,compile -> dragnb.set_speed keywords (checked before any work)."""
     words = [w.strip() for w in text.split(",") if w.strip()]
     bad = [w for w in words if w not in SPEED_WORDS]
-    if bad or not words:
+    keys = [SPEED_WORDS[w][0] for w in words if w in SPEED_WORDS]
+    if bad or not words or len(set(keys)) < len(keys):
         raise argparse.ArgumentTypeError(f"--speed {text!r}: use a comma-separated list of channels_last, "
-                                         f"checkpointing, compile (e.g. --speed channels_last,checkpointing)")
-    return {SPEED_WORDS[w]: True for w in words}
+                                         f"checkpointing or lora_checkpointing, compile (e.g. --speed "
+                                         f"channels_last,lora_checkpointing)")
+    return dict(SPEED_WORDS[w] for w in words)
 
 
 def _dtype(name):
@@ -168,8 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--dtype", default=None, type=_dtype_name,
                    help="float32, float16, bfloat16 (default: float16 on cuda, float32 on cpu)")
     e.add_argument("--speed", type=_speed_options, default=None, metavar="OPTIONS",
-                   help="UNet speed options, comma-separated: channels_last, checkpointing (less memory, more time), "
-                        "compile (regional torch.compile; the first edit pays the compilation); see dragnb.speed")
+                   help="UNet speed options, comma-separated: channels_last, checkpointing (less memory, more time) or "
+                        "lora_checkpointing (only in the LoRA fine-tune), compile (regional torch.compile; the first "
+                        "edit pays the compilation); see dragnb.speed")
     e.add_argument("--max-side", type=_whole(0), default=None,
                    help="work on images at most this many pixels on their longer side (default: the model's, 1024 "
                         "for SD models, 64 for the demo model; 0 = no limit); results come back at the input's size")

@@ -11,7 +11,9 @@ each one on the drag step, the LoRA fine-tune and the denoising, and benchmarks/
   convolutions prefer. Same arithmetic, other kernels: results agree to float rounding.
 * ``gradient_checkpointing``: diffusers' `enable_gradient_checkpointing()`: the blocks keep no activations for
   the backward pass of a drag step or a LoRA update and recompute them instead. Less memory, more time;
-  results are bit-identical (the recomputation runs the same kernels).
+  results are bit-identical (the recomputation runs the same kernels). ``"lora"`` checkpoints only the LoRA
+  fine-tune (batch 4: the stage that keeps the most, about 4.9 GiB at SD-1.5 size in 16 bits against 2.2 GiB for a
+  drag step, `benchmarks/sd_memory_estimate.py`), so the interactive drag steps keep their speed.
 * ``compile``: regional `torch.compile` of the UNet's repeated transformer blocks (diffusers'
   `compile_repeated_blocks`, so the first call compiles a few small graphs instead of the whole UNet).
   True uses torch's default backend (inductor); a string names another backend (``"aot_eager"``: no code
@@ -24,15 +26,18 @@ The options live on the model (``model.speed``), so every session using that mod
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 
-__all__ = ["set_speed", "speed_of", "OPTIONS"]
+__all__ = ["set_speed", "speed_of", "lora_stage", "OPTIONS"]
 
 OPTIONS = ("channels_last", "gradient_checkpointing", "compile")
 
 
 def speed_of(model) -> dict:
-    """The model's current options: {"channels_last": bool, "gradient_checkpointing": bool, "compile": False|True|str}."""
+    """The model's current options: {"channels_last": bool, "gradient_checkpointing": bool | "lora",
+    "compile": False | True | str}."""
     return {k: model.speed.get(k, False) for k in OPTIONS}
 
 
@@ -42,11 +47,14 @@ def _check(name: str, value) -> None:
             raise TypeError(f"compile={value!r}: use True (torch's default backend), False, or a backend name such "
                             f"as 'inductor' or 'aot_eager'")
         return
+    if name == "gradient_checkpointing" and value == "lora":
+        return
     if not isinstance(value, bool):
-        raise TypeError(f"{name}={value!r}: use True or False")
+        raise TypeError(f"{name}={value!r}: use True or False" + (" (or 'lora': only the LoRA fine-tune)"
+                                                                  if name == "gradient_checkpointing" else ""))
 
 
-def set_speed(model, *, channels_last: bool | None = None, gradient_checkpointing: bool | None = None,
+def set_speed(model, *, channels_last: bool | None = None, gradient_checkpointing: bool | str | None = None,
               compile: bool | str | None = None) -> dict:
     """Set the given options on `model`'s UNet (None leaves an option as it is). Returns the options as they
     were before, so ``set_speed(model, **previous)`` restores them (except a compilation, which stays).
@@ -65,13 +73,30 @@ def set_speed(model, *, channels_last: bool | None = None, gradient_checkpointin
         unet.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
         model.speed["channels_last"] = channels_last
     if gradient_checkpointing is not None and gradient_checkpointing != before["gradient_checkpointing"]:
-        try:
-            unet.enable_gradient_checkpointing() if gradient_checkpointing else unet.disable_gradient_checkpointing()
-        except ValueError as e:   # diffusers: the model class does not support it
-            raise ValueError(f"gradient_checkpointing={gradient_checkpointing}: {e}") from None
+        _checkpointing(unet, gradient_checkpointing is True, gradient_checkpointing)
         model.speed["gradient_checkpointing"] = gradient_checkpointing
     if compile and not before["compile"]:
         kwargs = {} if compile is True else {"backend": compile}
         unet.compile_repeated_blocks(**kwargs)
         model.speed["compile"] = compile
     return before
+
+
+def _checkpointing(unet, on: bool, asked) -> None:
+    try:
+        unet.enable_gradient_checkpointing() if on else unet.disable_gradient_checkpointing()
+    except ValueError as e:   # diffusers: the model class does not support it
+        raise ValueError(f"gradient_checkpointing={asked!r}: {e}") from None
+
+
+@contextmanager
+def lora_stage(model):
+    """Around a LoRA fine-tune: checkpointing on for the block when the model's option is ``"lora"``."""
+    if model.speed.get("gradient_checkpointing") != "lora":
+        yield
+        return
+    _checkpointing(model.unet, True, "lora")
+    try:
+        yield
+    finally:
+        _checkpointing(model.unet, False, "lora")

@@ -133,7 +133,8 @@ def test_bad_options_are_one_line(files, capsys, no_model_work):
     one_line_error(capsys, main(["frobnicate"]), "invalid choice")
     one_line_error(capsys, edit(files, "--method", "nope"), "invalid choice")
     one_line_error(capsys, edit(files, "--warp-init", "1.5"), "--warp-init 1.5")
-    one_line_error(capsys, edit(files, "--speed", "fast"), "--speed 'fast'", "channels_last, checkpointing, compile")
+    one_line_error(capsys, edit(files, "--speed", "fast"), "--speed 'fast'", "channels_last, checkpointing")
+    one_line_error(capsys, edit(files, "--speed", "checkpointing,lora_checkpointing"), "--speed", "lora_checkpointing")
     one_line_error(capsys, edit(files, "--drag", "5,5:40,5"), "target (40, 5) is outside the 32×32 image")
 
 

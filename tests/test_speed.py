@@ -62,6 +62,20 @@ def test_gradient_checkpointing_gives_the_same_edit_bit_for_bit(baseline):
     assert np.array_equal(img, baseline[2])
 
 
+def test_lora_only_checkpointing_is_on_exactly_during_the_fine_tune(baseline):
+    m = tiny_model(seed=0)
+    set_speed(m, gradient_checkpointing="lora")
+    assert not m.unet.is_gradient_checkpointing
+    seen = []
+    s = disc_session(m)
+    s.prepare(progress=False, callback=lambda stage, i, n: seen.append((stage, m.unet.is_gradient_checkpointing)))
+    assert {on for stage, on in seen if stage == "lora"} == {True}
+    assert {on for stage, on in seen if stage != "lora"} == {False} and not m.unet.is_gradient_checkpointing
+    s.step(3)
+    assert torch.equal(s.current_latent().detach(), baseline[0]) and s.handles == baseline[1]
+    assert speed_of(m)["gradient_checkpointing"] == "lora"
+
+
 def test_channels_last_agrees_to_float_rounding(baseline):
     m = tiny_model(seed=0)
     set_speed(m, channels_last=True)
@@ -103,3 +117,18 @@ def test_bench_speed_refuses_unknown_rows():
     with pytest.raises(ValueError, match=r"\['fast'\] are unknown"):
         bench_speed("tiny", variants=["fast"])
     assert [n for n, _ in SPEED_VARIANTS][0] == "baseline"
+
+
+def test_memory_estimate_counts_less_with_checkpointing():
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "sd_memory_estimate.py"
+    spec = importlib.util.spec_from_file_location("sd_memory_estimate_under_test", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    res = mod.estimate("tiny", 32, lora_batch=2)
+    plain, ckpt = res["rows"]
+    assert not plain["gradient_checkpointing"] and ckpt["gradient_checkpointing"]
+    assert 0 < ckpt["drag_step_saved_gib"] < plain["drag_step_saved_gib"]
+    assert 0 < ckpt["lora_step_saved_gib"] < plain["lora_step_saved_gib"]
+    assert res["weights_gib"]["unet"] > 0 and "LoRA step (batch 2)" in mod.table(res)
