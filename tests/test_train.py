@@ -29,11 +29,11 @@ def test_budgeted_run_stops_in_time_and_reproduces_as_a_step_count(tmp_path):
     from dragnb.demo.model import load_unet
     t0 = time.time()
     rec = train.main(_tiny_args(tmp_path, "--minutes", "0.04", "--figures", str(tmp_path / "fig"), "--samples", "4",
-                                "--shard-size", "300KB"))
+                                "--shard-size", "300KB", "--data-chunk", "3"))
     assert time.time() - t0 < 60
     assert rec["budget_minutes"] == 0.04 and rec["steps"] >= 3 and rec["schedule_steps"] >= 3
     assert rec["steps"] <= rec["schedule_steps"] and rec["skipped_steps"] == 0
-    assert rec["arch"] == "tiny" and rec["factor"] == 2 and rec["data"] == "torch"
+    assert rec["arch"] == "tiny" and rec["factor"] == 2 and rec["data"] == "torch" and rec["data_chunk"] == 3
     summary = json.loads((tmp_path / "fig" / "summary.json").read_text())
     assert set(summary["x0_psnr"]) >= {"200", "681", "950"} and 0 <= summary["shape_fidelity"]["fidelity"] <= 1
     for f in ("loss.csv", "training_curve.png", "samples_from_noise.png", "inversion_roundtrip.png"):
@@ -60,6 +60,8 @@ def test_bad_budget_and_timestep_flags_raise():
         train.main(["--minutes", "0", "--figures", "none"])
     with pytest.raises(ValueError, match="--t-focus"):
         train.main(["--t-focus-prob", "2", "--figures", "none"])
+    with pytest.raises(ValueError, match="--data-chunk 0 is invalid"):
+        train.main(["--data-chunk", "0", "--figures", "none"])
     with pytest.raises(SystemExit):
         train.main(["--arch", "nonesuch"])
 

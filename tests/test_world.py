@@ -215,3 +215,16 @@ def test_shape_fidelity_is_low_on_noise_and_blur():
     x = torch.nn.functional.avg_pool2d(torch.tensor(imgs).permute(0, 3, 1, 2), 9, 1, 4, count_include_pad=False)
     blurred = x.permute(0, 2, 3, 1).round().clamp(0, 255).to(torch.uint8).numpy()
     assert shape_fidelity(blurred)["fidelity"] < 0.5
+
+
+def test_scene_stream_hands_out_the_chunk_batch_by_batch():
+    import torch
+    from dragnb.demo import world_torch as WT
+    whole = WT.random_batch(3 * 4, torch.Generator().manual_seed(5))
+    stream = WT.SceneStream(4, torch.Generator().manual_seed(5), chunk=3)
+    parts = [stream.next() for _ in range(3)]
+    assert all(p.shape == (4, 64, 64, 3) and p.dtype == torch.uint8 for p in parts)
+    assert torch.equal(torch.cat(parts), whole)                 # the chunk, in order, nothing reused
+    assert not torch.equal(stream.next(), parts[0])             # then a fresh chunk
+    with pytest.raises(ValueError, match="chunk=0"):
+        WT.SceneStream(4, torch.Generator(), chunk=0)

@@ -178,6 +178,9 @@ def parse_args(argv=None):
                         "strength's timestep: 681 at 0.7), the rest from the whole range")
     p.add_argument("--t-focus-prob", type=float, default=0.0)
     p.add_argument("--compile", action="store_true", help="torch.compile the training forward (off by default)")
+    p.add_argument("--data-chunk", type=int, default=None,
+                   help="with --data torch: draw this many batches of scenes at once (default 8 on a GPU, where each "
+                        "draw is ~1,800 kernel launches whatever its size; 1 on a CPU)")
     p.add_argument("--shard-size", default="14MB", help="largest weights file (diffusers max_shard_size)")
     p.add_argument("--samples", type=int, default=64, help="samples from noise for the figures and the fidelity")
     p.add_argument("--ckpt-minutes", type=float, default=10.0)
@@ -205,6 +208,8 @@ def parse_args(argv=None):
         args.steps = 5000
     if args.batch is not None and args.batch < 1:
         raise ValueError(f"--batch {args.batch} is invalid: use a batch size >= 1")
+    if args.data_chunk is not None and args.data_chunk < 1:
+        raise ValueError(f"--data-chunk {args.data_chunk} is invalid: use a whole number >= 1")
     if not 0.0 <= args.t_focus_prob <= 1.0 or not 1 <= args.t_focus <= 1000:
         raise ValueError(f"--t-focus {args.t_focus} --t-focus-prob {args.t_focus_prob} are invalid: "
                          "use 1..1000 and a probability in [0, 1]")
@@ -243,6 +248,10 @@ def main(argv=None) -> dict:
     rng = np.random.default_rng(args.seed)
     gen = torch.Generator(device="cpu").manual_seed(args.seed)          # noise and t for --data numpy (as shipped)
     gdev = torch.Generator(device=device).manual_seed(args.seed)       # everything for --data torch
+    chunk = args.data_chunk or (8 if device.type == "cuda" else 1)
+    if data == "torch":
+        from dragnb.demo.world_torch import SceneStream
+        scenes = SceneStream(batch, gdev, chunk)
 
     unet, factor, init_info = build_unet(args, device)
     ema = copy.deepcopy(unet).eval().requires_grad_(False)
@@ -283,10 +292,12 @@ def main(argv=None) -> dict:
         el = time.time() - t0
         reproduce = (["python -m dragnb.demo.train"] + [a for a in _drop_opt(argv, "--minutes")]
                      + ([] if "--steps" in argv else [f"--steps {total}"])
+                     + ([] if "--data-chunk" in argv or data != "torch" else [f"--data-chunk {chunk}"])
                      + ([] if step >= (total or 0) or "--stop-after" in argv else [f"--stop-after {step}"]))
         return {"seed": args.seed, "steps": step, "batch": batch, "lr": args.lr, "ema": args.ema,
                 "precision": args.precision, "arch": None if args.init else args.arch, "factor": factor,
-                "data": data, "min_snr": args.min_snr, "t_focus": args.t_focus, "t_focus_prob": args.t_focus_prob,
+                "data": data, "data_chunk": chunk if data == "torch" else None, "min_snr": args.min_snr,
+                "t_focus": args.t_focus, "t_focus_prob": args.t_focus_prob,
                 "compile": args.compile, "budget_minutes": args.minutes, "schedule_steps": total,
                 "skipped_steps": skipped, "params_M": round(n_params / 1e6, 2),
                 "minutes": round(el / 60, 1), "s_per_step": round(el / max(1, step), 4),
@@ -307,8 +318,7 @@ def main(argv=None) -> dict:
             break
         # 1. scenes -> clean latents x0 (B, 3f², 64/f, 64/f), half of them mirrored
         if data == "torch":
-            from dragnb.demo import world_torch
-            imgs = world_torch.random_batch(batch, gdev).permute(0, 3, 1, 2)         # (B, 3, H, W) uint8
+            imgs = scenes.next().permute(0, 3, 1, 2)                                 # (B, 3, H, W) uint8
             flip = torch.rand(batch, generator=gdev, device=device) < 0.5
             imgs = torch.where(flip.view(-1, 1, 1, 1), imgs.flip(-1), imgs)
             x0 = M.encode(imgs.float() / 127.5 - 1.0, factor)

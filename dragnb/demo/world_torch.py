@@ -250,3 +250,29 @@ def random_scenes(n: int, generator: torch.Generator, size: int = 64,
 def random_batch(n: int, generator: torch.Generator, size: int = 64, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """n fresh scenes rendered on `generator`'s device: (n, size, size, 3) uint8."""
     return render(random_scenes(n, generator, size, dtype))
+
+
+class SceneStream:
+    """Batches of fresh scenes, drawn `chunk` batches at a time: `next()` -> (batch, size, size, 3) uint8.
+
+    Drawing a batch costs about 1,800 small tensor operations whatever its size (the shapes and colours of a
+    whole batch are drawn at once), so on a GPU each draw is ~1,800 kernel launches: about as long as the training
+    step itself for the demo model. Drawing `chunk` batches in one go divides that by `chunk`; the scenes are the
+    same kind (independent draws), only their order in the generator's stream differs from chunk=1.
+    """
+
+    def __init__(self, batch: int, generator: torch.Generator, chunk: int = 1, size: int = 64,
+                 dtype: torch.dtype = torch.float64):
+        if batch < 1 or chunk < 1:
+            raise ValueError(f"SceneStream(batch={batch}, chunk={chunk}): use positive whole numbers")
+        self.batch, self.chunk, self.size, self.dtype, self.generator = batch, chunk, size, dtype, generator
+        self._buf: torch.Tensor | None = None
+        self._i = chunk
+
+    def next(self) -> torch.Tensor:
+        if self._i >= self.chunk:
+            self._buf = random_batch(self.batch * self.chunk, self.generator, self.size, self.dtype)
+            self._i = 0
+        out = self._buf[self._i * self.batch:(self._i + 1) * self.batch]
+        self._i += 1
+        return out
