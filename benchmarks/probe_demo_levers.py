@@ -4,6 +4,7 @@ bench_quality (dist / drag, IoU, background PSNR) on the tuning seeds 2·10⁹ +
     python benchmarks/probe_demo_levers.py --lever adam --n 12               # the default, for the same cases
     python benchmarks/probe_demo_levers.py --lever ngd:5 --n 12              # drag optimiser: normalised gradient
     python benchmarks/probe_demo_levers.py --lever lora-band:600,800 --n 12  # LoRA timesteps from a band
+    python benchmarks/probe_demo_levers.py --set inversion_strength=0.6      # any DragConfig change, with or without a lever
 
 * ``ngd:MUL``: the drag latent moves by MUL·drag_lr·g/rms(g) (the gradient's direction at Adam's step size)
   instead of Adam's per-element normalised step.
@@ -87,16 +88,24 @@ def main(argv=None) -> dict:
     p.add_argument("--n", type=int, default=12)
     p.add_argument("--start", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="a DragConfig change (repeatable), e.g. --set inversion_strength=0.6")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     apply_lever(a.lever)
     from dragnb import DragSession, load_model
     from dragnb.demo.world import sample_drag, score_edit
     model = load_model("demo")
+    changes = {}
+    for item in a.set:
+        k, _, v = item.partition("=")
+        kind = type(getattr(model.default_config(), k))
+        changes[k] = (v.lower() in ("1", "true", "yes")) if kind is bool else kind(v)
+    model.default_config(**changes)      # a bad field or value fails here, before any case
     rows = []
     for i in range(a.n):
         case = sample_drag(2 * 10**9 + a.start + i)
-        s = DragSession(model, case.image, seed=0, config=model.default_config())
+        s = DragSession(model, case.image, seed=0, config=model.default_config(**changes))
         s.add_drag(handle=case.handle, target=case.target)
         s.set_mask(case.mask)
         t = time.perf_counter()
@@ -105,7 +114,7 @@ def main(argv=None) -> dict:
         sc = score_edit(np.asarray(s.result().convert("RGB")), case)
         rows.append(dict(dist=float(sc["dist_frac"]), iou=float(sc["iou"]), bg=float(sc["bg_psnr"]),
                          lost=bool(sc["lost"]), s=time.perf_counter() - t))
-    out = dict(lever=a.lever, n=a.n, dist=float(np.mean([r["dist"] for r in rows])),
+    out = dict(lever=a.lever, set=changes, n=a.n, dist=float(np.mean([r["dist"] for r in rows])),
                iou=float(np.mean([r["iou"] for r in rows])), bg=float(np.median([r["bg"] for r in rows])),
                lost=sum(r["lost"] for r in rows), s=float(np.mean([r["s"] for r in rows])))
     print(json.dumps(out))
