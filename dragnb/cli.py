@@ -54,21 +54,13 @@ def _whole(least: int):
     return parse
 
 
-SPEED_WORDS = {"channels_last": ("channels_last", True), "checkpointing": ("gradient_checkpointing", True),
-               "gradient_checkpointing": ("gradient_checkpointing", True),
-               "lora_checkpointing": ("gradient_checkpointing", "lora"), "compile": ("compile", True)}
-
-
 def _speed_options(text: str) -> dict:
-    """--speed channels_last,checkpointing,compile -> dragnb.set_speed keywords (checked before any work)."""
-    words = [w.strip() for w in text.split(",") if w.strip()]
-    bad = [w for w in words if w not in SPEED_WORDS]
-    keys = [SPEED_WORDS[w][0] for w in words if w in SPEED_WORDS]
-    if bad or not words or len(set(keys)) < len(keys):
-        raise argparse.ArgumentTypeError(f"--speed {text!r}: use a comma-separated list of channels_last, "
-                                         f"checkpointing or lora_checkpointing, compile (e.g. --speed "
-                                         f"channels_last,lora_checkpointing)")
-    return dict(SPEED_WORDS[w] for w in words)
+    """--speed: checked when the command line is read, before any work (`dragnb.speed.parse_words`)."""
+    from .speed import parse_words
+    try:
+        return parse_words(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"--speed {e}") from None
 
 
 def _dtype(name):

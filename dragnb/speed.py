@@ -30,9 +30,25 @@ from contextlib import contextmanager
 
 import torch
 
-__all__ = ["set_speed", "speed_of", "lora_stage", "OPTIONS"]
+__all__ = ["set_speed", "speed_of", "lora_stage", "parse_words", "OPTIONS", "WORDS"]
 
 OPTIONS = ("channels_last", "gradient_checkpointing", "compile")
+
+WORDS = {"channels_last": ("channels_last", True), "checkpointing": ("gradient_checkpointing", True),
+         "gradient_checkpointing": ("gradient_checkpointing", True),
+         "lora_checkpointing": ("gradient_checkpointing", "lora"), "compile": ("compile", True)}
+"""The command line's words for the options (`python -m dragnb edit --speed channels_last,lora_checkpointing`)."""
+
+
+def parse_words(text: str) -> dict:
+    """"channels_last,lora_checkpointing" -> {"channels_last": True, "gradient_checkpointing": "lora"} (set_speed's
+    keywords); an unknown word, none, or two words for one option raise a ValueError naming the text."""
+    words = [w.strip() for w in text.split(",") if w.strip()]
+    keys = [WORDS[w][0] for w in words if w in WORDS]
+    if not words or len(keys) < len(words) or len(set(keys)) < len(keys):
+        raise ValueError(f"{text!r}: use a comma-separated list of channels_last, checkpointing or "
+                         f"lora_checkpointing, compile (e.g. channels_last,lora_checkpointing)")
+    return dict(WORDS[w] for w in words)
 
 
 def speed_of(model) -> dict:
