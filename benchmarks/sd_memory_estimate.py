@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import torch  # noqa: E402
 
 from dragnb import lora, set_speed  # noqa: E402
-from dragnb.bench import model_by_name  # noqa: E402
+from dragnb.bench import bench_session, model_by_name  # noqa: E402
 
 GIB = 2 ** 30
 
@@ -51,15 +51,12 @@ def estimate(model_name: str = "random-sd15", size: int = 512, lora_batch: int =
     """Saved-activation bytes of one drag step (`DragSession.step`, the official defaults but 4 inference steps and
     no LoRA, to keep the CPU set-up short) and of one LoRA update (`lora.train_lora`, one step), without and with
     gradient checkpointing, on `model_name` in bfloat16."""
-    from dragnb import DragSession
-    from dragnb.bench import _scene
     dt = torch.bfloat16
     m = model_by_name(model_name, "cpu", dt)
     weights = {name: sum(p.numel() * p.element_size() for p in mod.parameters()) / GIB
                for name, mod in (("unet", m.unet), ("vae", m.vae), ("text_encoder", m.text_encoder)) if mod is not None}
-    s = DragSession(m, _scene(size), prompt="a photo",
-                    config=m.default_config(lora_steps=0, n_inference_steps=4, drag_steps=4, reach_distance=0.5))
-    s.add_drag((0.35 * size, 0.5 * size), (0.6 * size, 0.5 * size))
+    s = bench_session(m, size, m.default_config(lora_steps=0, n_inference_steps=4, drag_steps=4, reach_distance=0.5),
+                      mask=False)
     s.prepare(progress=False)
     z0 = m.encode(s.spec.image_tensor())
     cond = m.encode_prompt("a photo")

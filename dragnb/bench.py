@@ -48,9 +48,21 @@ def _scene(size):
     return (img * 255).astype(np.uint8)
 
 
+def bench_session(model, size: int, config, mask: bool = True):
+    """The timing edit: a `DragSession` on `_scene(size)` with one drag across the blob and, with `mask`, an
+    editable middle band."""
+    from .session import DragSession
+    s = DragSession(model, _scene(size), prompt="a photo", config=config)
+    s.add_drag((0.35 * size, 0.5 * size), (0.6 * size, 0.5 * size))
+    if mask:
+        band = np.zeros((size, size), bool)
+        band[size // 4: 3 * size // 4, size // 6: 5 * size // 6] = True
+        s.set_mask(band)
+    return s
+
+
 def bench_stages(model="tiny", size=None, device=None, dtype=None, drag_steps=10, lora_steps=80, repeats=1,
                  verbose=True) -> dict:
-    from .session import DragSession
     t0 = time.perf_counter()
     m = model_by_name(model, device, dtype)
     t_load = time.perf_counter() - t0
@@ -59,11 +71,7 @@ def bench_stages(model="tiny", size=None, device=None, dtype=None, drag_steps=10
     cfg = m.default_config(lora_steps=lora_steps, drag_steps=drag_steps, reach_distance=0.5)
     rows = []
     for rep in range(repeats):
-        s = DragSession(m, _scene(size), prompt="a photo", config=cfg)
-        s.add_drag((0.35 * size, 0.5 * size), (0.6 * size, 0.5 * size))
-        mask = np.zeros((size, size), bool)
-        mask[size // 4: 3 * size // 4, size // 6: 5 * size // 6] = True
-        s.set_mask(mask)
+        s = bench_session(m, size, cfg)
         r = {}
         _sync(dev); _reset_peak(dev)
         # each stage timed on its own through the cache's public stages (prepare() runs them in order, cached)
@@ -157,7 +165,6 @@ def bench_speed(model="tiny", size=None, device=None, dtype=None, drag_steps=6, 
     Rows are measured on one loaded model (a dtype row loads it again), each from empty caches, with
     `lora_steps` LoRA updates and `drag_steps` drag steps (the first, which builds the optimiser and
     compiles a compiled UNet, is reported apart)."""
-    from .session import DragSession
     from .speed import set_speed
     names = [n for n, _ in SPEED_VARIANTS]
     variants = list(variants or names)
@@ -192,11 +199,7 @@ def bench_speed(model="tiny", size=None, device=None, dtype=None, drag_steps=6, 
                           gradient_checkpointing=opts.get("gradient_checkpointing", False),
                           compile=opts.get("compile") or None)
             cfg = mm.default_config(lora_steps=lora_steps, drag_steps=drag_steps, reach_distance=0.5)
-            s = DragSession(mm, _scene(size), prompt="a photo", config=cfg)
-            s.add_drag((0.35 * size, 0.5 * size), (0.6 * size, 0.5 * size))
-            mask = np.zeros((size, size), bool)
-            mask[size // 4: 3 * size // 4, size // 6: 5 * size // 6] = True
-            s.set_mask(mask)
+            s = bench_session(mm, size, cfg)
             row.update(_edit_once(s, drag_steps, dev))
             lat = s.current_latent().detach().float().cpu()
             if base_latent is None:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import ddim, lora, speed
+from . import ddim, lora
 from .config import DragConfig
 from .invalidation import fields_of
 from .store import BoundedStore
@@ -219,10 +219,9 @@ class SourceCache:
             if callback:
                 callback("lora", i, n)
         try:
-            with speed.lora_stage(m):
-                state = lora.train_lora(m, z0, m.encode_prompt(spec.prompt), rank=c.lora_rank, steps=c.lora_steps,
-                                        lr=c.lora_lr, batch_size=c.lora_batch_size, seed=spec.seed, callback=cb,
-                                        targets=c.lora_targets)
+            state = lora.train_lora(m, z0, m.encode_prompt(spec.prompt), rank=c.lora_rank, steps=c.lora_steps,
+                                    lr=c.lora_lr, batch_size=c.lora_batch_size, seed=spec.seed, callback=cb,
+                                    targets=c.lora_targets)
         finally:
             bar.close()
         self.counters["lora_trainings"] += 1

@@ -10,6 +10,8 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 
+from .speed import lora_stage
+
 ADAPTER = "dragnb"
 TARGET_MODULES = ["to_q", "to_k", "to_v", "to_out.0"]
 #: `DragConfig.lora_targets` -> the module names peft adapts (the official recipe adapts attention only).
@@ -94,41 +96,43 @@ def train_lora(model, z0: torch.Tensor, cond: torch.Tensor, *, rank: int = 16, s
     device = z0.device
     x0 = z0.float().expand(batch_size, *z0.shape[1:])
     params: dict = {}
-    try:  # adding, initialising and enabling the adapter all inside: an interrupt at any point leaves the base UNet
-        _ensure_adapter(unet, rank, targets)
-        params = _lora_params(unet)
-        with torch.no_grad():  # fresh, seeded initialisation: A gaussian, B zero (the adapter starts as identity)
-            for n, p in params.items():
-                if "lora_A" in n:
-                    p.copy_(torch.randn(p.shape, generator=gen) / rank)
-                else:
-                    p.zero_()
-        opt = torch.optim.AdamW(list(params.values()), lr=lr, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
-        unet.set_adapter(ADAPTER)
-        unet.enable_adapters()
-        for p in params.values():
-            p.requires_grad_(True)
-        unet.train()
-        for i in range(steps):
-            noise = torch.randn(x0.shape, generator=gen).to(device)
-            t = torch.randint(0, sched.config.num_train_timesteps, (batch_size,), generator=gen).to(device)
-            noisy = sched.add_noise(x0, noise, t)
-            kind = sched.config.prediction_type
-            target = noise if kind == "epsilon" else sched.get_velocity(x0, noise, t) if kind == "v_prediction" else x0
-            with torch.autocast(device.type, dtype=model.dtype, enabled=model.dtype != torch.float32):
-                emb = cond.expand(batch_size, *cond.shape[1:])
-                pred = unet(noisy.to(model.dtype), t, encoder_hidden_states=emb).sample
-            loss = F.mse_loss(pred.float(), target.float())
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if callback is not None:
-                callback(i + 1, steps, float(loss.detach()))
-    finally:
-        unet.eval()
-        for p in params.values():
-            p.requires_grad_(False)
-        _disable(unet)
+    with lora_stage(model):   # the model's gradient_checkpointing="lora": checkpointing on for the fine-tune only
+        try:  # adding, initialising and enabling the adapter all inside: an interrupt at any point leaves the base UNet
+            _ensure_adapter(unet, rank, targets)
+            params = _lora_params(unet)
+            with torch.no_grad():  # fresh, seeded initialisation: A gaussian, B zero (the adapter starts as identity)
+                for n, p in params.items():
+                    if "lora_A" in n:
+                        p.copy_(torch.randn(p.shape, generator=gen) / rank)
+                    else:
+                        p.zero_()
+            opt = torch.optim.AdamW(list(params.values()), lr=lr, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
+            unet.set_adapter(ADAPTER)
+            unet.enable_adapters()
+            for p in params.values():
+                p.requires_grad_(True)
+            unet.train()
+            for i in range(steps):
+                noise = torch.randn(x0.shape, generator=gen).to(device)
+                t = torch.randint(0, sched.config.num_train_timesteps, (batch_size,), generator=gen).to(device)
+                noisy = sched.add_noise(x0, noise, t)
+                kind = sched.config.prediction_type
+                target = (noise if kind == "epsilon" else sched.get_velocity(x0, noise, t) if kind == "v_prediction"
+                          else x0)
+                with torch.autocast(device.type, dtype=model.dtype, enabled=model.dtype != torch.float32):
+                    emb = cond.expand(batch_size, *cond.shape[1:])
+                    pred = unet(noisy.to(model.dtype), t, encoder_hidden_states=emb).sample
+                loss = F.mse_loss(pred.float(), target.float())
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                if callback is not None:
+                    callback(i + 1, steps, float(loss.detach()))
+        finally:
+            unet.eval()
+            for p in params.values():
+                p.requires_grad_(False)
+            _disable(unet)
     return {n: p.detach().float().cpu().clone() for n, p in params.items()}
 
 

@@ -107,7 +107,8 @@ def _checkpointing(unet, on: bool, asked) -> None:
 
 @contextmanager
 def lora_stage(model):
-    """Around a LoRA fine-tune: checkpointing on for the block when the model's option is ``"lora"``."""
+    """Around a LoRA fine-tune (`lora.train_lora` runs inside it): checkpointing on for the block when the model's
+    option is ``"lora"``."""
     if model.speed.get("gradient_checkpointing") != "lora":
         yield
         return
