@@ -70,6 +70,10 @@ def table(res: dict) -> str:
             f = lambda v, w, p: (f"{v:{w}.{p}f}" if isinstance(v, (int, float)) else f"{'n/a':>{w}s}")  # noqa: E731
             lines.append(f"{r['stage']:22s} {f(r['dragnb_s'], 9, 3)} {f(r['official_s'], 10, 3)} "
                          f"{f(r['ratio'], 6, 2)} {f(r['dragnb_peak_mb'], 10, 0)} {f(r['official_peak_mb'], 12, 0)}")
+        sm = c.get("summary", {})
+        if "noise_floor_max_dlatent" in sm:
+            lines += ["", f"noise floor: the official loop against itself from z_t rounded to float16 (max change "
+                          f"{sm['z_t_float16_rounding']:.3g}): max |dlatent| = {sm['noise_floor_max_dlatent']:.3g}"]
         lines += ["", c.get("parity_line", "")]
     elif c is not None:
         lines += [f"side by side: {c}"]
@@ -193,7 +197,9 @@ def main(argv=None):
                 rows=side_by_side_rows(pr["times"], pr["drag_steps_taken"]), times=pr["times"],
                 stages=pr["stages"], lora_reconstruction=pr["lora_reconstruction"],
                 drag_steps_taken=pr["drag_steps_taken"], summary=sm,
-                per_step=[{k: v for k, v in r.items() if k in ("step", "dlatent", "handles_equal")}
+                per_step=[{k: v for k, v in r.items() if k in ("step", "dlatent", "handles_equal", "loss",
+                                                                 "motion_loss", "mask_loss", "noise_floor_dlatent",
+                                                                 "noise_floor_handles_equal")}
                           for r in pr["per_step"]],
                 parity_line=(f"parity: max |dlatent| = {sm['max_dlatent']:.3g} over {sm['n_steps']} steps, handles "
                              f"identical: {'yes' if sm['handles_identical'] else 'no'}, final PSNR = "

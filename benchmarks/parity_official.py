@@ -520,6 +520,9 @@ def parity_sd(off, model, a) -> dict:
         if model.dtype != torch.float32:
             unet_to(model, torch.float32)
         _, o_recs = adapter.drag(z_t_d.float(), emb.float(), t, handles, targets, mask_sup, args)
+        # the noise floor: the official loop again, from the same z_t rounded to float16 (a change the size of
+        # float16 rounding, like the inversion gap between the codes): how far the loop itself carries such noise
+        _, n_recs = adapter.drag(z_t_d.half().float(), emb.float(), t, handles, targets, mask_sup, args)
         if model.dtype != torch.float32:
             unet_to(model, model.dtype)
     per_step = []
@@ -534,6 +537,9 @@ def parity_sd(off, model, a) -> dict:
                        mask_loss=[d["mask_loss"], o["mask_loss"]])
         per_step.append(row)
     res["drag_steps_taken"] = dict(dragnb=len(d_recs), official=len(o_recs))
+    for row, o, n in zip(per_step, o_recs, n_recs):
+        row["noise_floor_dlatent"] = maxabs(o["latent"], n["latent"])
+        row["noise_floor_handles_equal"] = o["handles_rc"] == n["handles_rc"]
     both = [r for r in per_step if "dlatent" in r]
     stages["drag_latent_max"] = max((r["dlatent"] for r in both), default=0.0)
     stages["drag_loss_max"] = max((abs(r["loss"][0] - r["loss"][1]) for r in both), default=0.0)
@@ -563,7 +569,10 @@ def parity_sd(off, model, a) -> dict:
     res["times"] = clock.rows
     res["summary"] = dict(max_dlatent=stages["drag_latent_max"], n_steps=len(both),
                           handles_identical=all(r["handles_equal"] for r in both) and len(d_recs) == len(o_recs),
-                          final_psnr_db=res["final_psnr_db"])
+                          final_psnr_db=res["final_psnr_db"],
+                          noise_floor_max_dlatent=max((r.get("noise_floor_dlatent", 0.0) for r in per_step),
+                                                      default=0.0),
+                          z_t_float16_rounding=maxabs(z_t_d.half().float(), z_t_d))
     return res
 
 
@@ -677,6 +686,9 @@ def main(argv=None):
         v = res["final_psnr_same_rounding_db"]
         print(f"final image PSNR with dragnb's rounding applied to the official float image: "
               f"{'inf' if v == float('inf') else f'{v:.2f}'} dB (run_drag truncates to uint8, dragnb rounds)")
+    if "noise_floor_max_dlatent" in sm:
+        print(f"noise floor: the official loop against itself from z_t rounded to float16 (max change "
+              f"{sm['z_t_float16_rounding']:.3g}): max |dlatent| = {sm['noise_floor_max_dlatent']:.3g}")
     print(f"parity: max |dlatent| = {sm['max_dlatent']:.3g} over {sm['n_steps']} steps, handles identical: "
           f"{'yes' if sm['handles_identical'] else 'no'}, final PSNR = {fp} dB")
     return res

@@ -10,6 +10,7 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 
+from .amp import loss_scaler, scaled_step
 from .speed import lora_stage
 
 ADAPTER = "dragnb"
@@ -107,6 +108,7 @@ def train_lora(model, z0: torch.Tensor, cond: torch.Tensor, *, rank: int = 16, s
                     else:
                         p.zero_()
             opt = torch.optim.AdamW(list(params.values()), lr=lr, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
+            scaler = loss_scaler(model.dtype, device)   # float16: the official trainer's fp16 loss scaling
             unet.set_adapter(ADAPTER)
             unet.enable_adapters()
             for p in params.values():
@@ -124,8 +126,7 @@ def train_lora(model, z0: torch.Tensor, cond: torch.Tensor, *, rank: int = 16, s
                     pred = unet(noisy.to(model.dtype), t, encoder_hidden_states=emb).sample
                 loss = F.mse_loss(pred.float(), target.float())
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                scaled_step(scaler, loss, opt)
                 if callback is not None:
                     callback(i + 1, steps, float(loss.detach()))
         finally:

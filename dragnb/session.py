@@ -128,7 +128,7 @@ class DragSession(EditInputs):
                                       [g.image_to_latent(t) for t in self.targets], self.config.warp_init,
                                       self._mask_latent())
             self._state = DragState(self.method, latent0, grid([h for h, _ in self.drags]),
-                                    grid(self.targets), self.config.drag_lr)
+                                    grid(self.targets), self.config.drag_lr, dtype=self.model.dtype)
         return self._state
 
     def _context(self, lora_state, ref) -> StepContext:

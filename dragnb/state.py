@@ -12,6 +12,7 @@ from typing import Callable
 
 import torch
 
+from .amp import loss_scaler, scaled_step
 from .drag import all_reached, mask_loss
 from .methods.base import DragMethod, Position
 
@@ -32,6 +33,7 @@ class StepRecord:
     seconds: float = 0.0
     t_index: int = 0         # reference step the update ran at (0 = the drag timestep)
     timestep: int = -1       # the diffusion timestep the update ran at
+    skipped: bool = False    # float16 only: the loss scaler found an inf/NaN gradient, so the latent did not move
 
 
 @dataclass
@@ -57,13 +59,16 @@ class DragState:
         latent0: (1, C, h, w) the latent to start from (the inverted latent zt).
         handles_rc, targets_rc: (N, 2) handle and target points on the supervision grid.
         lr: Adam learning rate (the config's `drag_lr`; re-read each step).
+        dtype: the model's dtype; float16 scales the loss (`dragnb.amp`, as the official code's GradScaler).
     """
 
     def __init__(self, method: DragMethod, latent0: torch.Tensor, handles_rc: torch.Tensor, targets_rc: torch.Tensor,
-                 lr: float):
+                 lr: float, dtype: torch.dtype = torch.float32):
         self.method = method
+        self.dtype = dtype
         self.latent = latent0.detach().clone().float().requires_grad_(True)   # (1, C, h, w) leaf the optimiser owns
         self.optimizer = _adam(self.latent, lr)
+        self.scaler = loss_scaler(dtype, self.latent.device)                   # float16: dynamic loss scaling
         self.handles0_rc = handles_rc.detach().clone().float()                # (N, 2) where the drags started
         self.targets_rc = targets_rc.detach().clone().float()                 # (N, 2)
         self.handles_rc = self.handles0_rc.clone()                            # (N, 2) after the latest tracking
@@ -117,10 +122,9 @@ class DragState:
             loss = l_motion + l_mask
             if not bool(torch.isfinite(loss)):
                 raise DragDiverged(f"loss={float(loss)}")
-            # 5. update
+            # 5. update (float16: the scaled loss; a step with an inf/NaN gradient is skipped, as the official's)
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
+            stepped = scaled_step(self.scaler, loss, self.optimizer)
             self.optimizer.zero_grad(set_to_none=True)
             if not bool(torch.isfinite(self.latent).all()):
                 raise DragDiverged("latent")
@@ -148,7 +152,7 @@ class DragState:
             step_no, float(loss.detach()), float(l_motion.detach()), float(l_mask.detach()),
             [tuple(round(v, 3) for v in ctx.to_image(rc.tolist())) for rc in self.handles_rc],
             [tuple(int(v) for v in rc.tolist()) for rc in self.handles_rc], snap, time.perf_counter() - t0,
-            pos.index, int(ref.t)))
+            pos.index, int(ref.t), not stepped))
         if snap:
             self.snapshot(step_no)
             self.recent.clear()
@@ -159,7 +163,8 @@ class DragState:
     # ------------------------------------------------------------------ snapshots, rewind
     def _capture(self) -> dict:
         return dict(latent=self.latent.detach().clone(), opt=copy.deepcopy(self.optimizer.state_dict()),
-                    handles=self.handles_rc.clone(), reached=self.reached, position=self.position)
+                    handles=self.handles_rc.clone(), reached=self.reached, position=self.position,
+                    scaler=self.scaler.state_dict())
 
     def _put(self, snap: dict) -> None:
         self.latent = snap["latent"].clone().requires_grad_(True)
@@ -168,6 +173,9 @@ class DragState:
         self.handles_rc = snap["handles"].clone()
         self.reached = snap["reached"]
         self.position = snap["position"]
+        self.scaler = loss_scaler(self.dtype, self.latent.device)   # fresh: nothing of an interrupted step is kept
+        if snap.get("scaler"):
+            self.scaler.load_state_dict(dict(snap["scaler"]))
 
     def snapshot(self, step: int) -> None:
         self.snapshots[step] = self._capture()
@@ -205,7 +213,7 @@ class DragState:
 
         def snap(s):
             return {"latent": s["latent"], "opt": opt(s["opt"]), "handles": s["handles"], "reached": s["reached"],
-                    "position": list(asdict(s["position"]).values())}
+                    "position": list(asdict(s["position"]).values()), "scaler": dict(s.get("scaler") or {})}
         return {"method": self.method.name, "handles0_rc": self.handles0_rc, "targets_rc": self.targets_rc,
                 "current": snap(self._capture()), "history": [asdict(r) for r in self.history],
                 "snapshots": {str(k): snap(v) for k, v in {**self.snapshots, **self.recent}.items()}}
@@ -223,7 +231,7 @@ class DragState:
                 opt["state"] = {0: {k: s["opt"][k].to(dev) if k != "step" else s["opt"][k]
                                     for k in ("step", "exp_avg", "exp_avg_sq")}}
             return dict(latent=latent, opt=opt, handles=s["handles"].cpu().float(), reached=bool(s["reached"]),
-                        position=Position(*[int(v) for v in s["position"]]))
+                        position=Position(*[int(v) for v in s["position"]]), scaler=dict(s.get("scaler") or {}))
         self.handles0_rc = sd["handles0_rc"].cpu().float()
         self.targets_rc = sd["targets_rc"].cpu().float()
         self.history = [StepRecord(**{**r, "handles": [tuple(p) for p in r["handles"]],
