@@ -53,13 +53,20 @@ def _disable(unet) -> None:
 def applied(unet, state: dict | None, rank: int | None = None):
     """Run the block with the UNet carrying exactly the LoRA weights `state` (None: the base UNet).
 
-    Everything that may enable the adapter (adding it: peft enables a new adapter; copying the weights; enabling)
-    happens inside the protected block, so an interrupt at any point leaves the base UNet.
+    The LoRA is merged into the adapted layers' base weights for the block (W + B·A, computed by peft's
+    `get_delta_weight` and rounded once to the UNet's dtype) and the adapter stays off, so a UNet call costs what the
+    base UNet's does: no LoRA layers to run (a third fewer operations per call at SD size, which is what a
+    launch-bound GPU pays for), no float32 adapter casts under float16 autocast. The base weights are saved first and
+    copied back on the way out, bit for bit. Only the fine-tune itself (`train_lora`) runs the adapter unmerged.
+
+    Everything that changes the UNet (adding the adapter, copying its weights, merging) happens inside the protected
+    block, so an interrupt at any point leaves the base UNet.
     """
     if state is None:
         _disable(unet)
         yield unet
         return
+    saved: list = []
     try:
         r = rank or infer_rank(state)
         _ensure_adapter(unet, r, targets_of(state))
@@ -67,15 +74,29 @@ def applied(unet, state: dict | None, rank: int | None = None):
         with torch.no_grad():
             for n, p in params.items():
                 p.copy_(state[n].to(p.device, p.dtype))
-        unet.set_adapter(ADAPTER)
-        unet.enable_adapters()
+        _disable(unet)
+        with torch.no_grad():
+            for layer in _lora_layers(unet):
+                base = layer.get_base_layer().weight
+                delta = layer.get_delta_weight(ADAPTER)
+                saved.append((base, base.detach().clone()))
+                base.copy_((base.float() + delta.float()).to(base.dtype))
         yield unet
     finally:
+        with torch.no_grad():
+            for base, original in reversed(saved):
+                base.copy_(original)
         _disable(unet)
 
 
+def _lora_layers(unet) -> list:
+    """The peft LoRA layers of the dragnb adapter in `unet`."""
+    from peft.tuners.lora import LoraLayer
+    return [m for m in unet.modules() if isinstance(m, LoraLayer) and ADAPTER in m.lora_A]
+
+
 def is_active(unet) -> bool:
-    """True when the dragnb adapter is enabled on some layer of `unet` (outside `applied` it never is)."""
+    """True when the dragnb adapter is enabled (unmerged) on some layer of `unet`: only during `train_lora`."""
     from peft.tuners.tuners_utils import BaseTunerLayer
     return any(isinstance(m, BaseTunerLayer) and not m.disable_adapters and ADAPTER in m.active_adapters
                for m in unet.modules())

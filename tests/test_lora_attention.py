@@ -80,3 +80,29 @@ def test_mutual_attention_gates_by_layer_and_step(model):
             ctl.step = 4
             early = model.unet(xy, 300, encoder_hidden_states=cond).sample
     assert torch.allclose(beyond, plain, atol=1e-5) and torch.allclose(early, plain, atol=1e-5)
+
+
+def test_applied_merges_the_lora_into_the_base_weights_and_restores_them_exactly(model):
+    """Inside `applied` the adapter is off and its product sits in the base weights: the UNet output is the
+    unmerged adapter's (to float32 rounding), no LoRA layer runs, and the base weights come back bit for bit."""
+    unet = model.unet
+    cond = model.encode_prompt("merge")
+    z0 = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(3))
+    state = lora.train_lora(model, z0, cond, rank=4, steps=3, lr=1e-2, batch_size=2, seed=1)
+    base = {n: p.detach().clone() for n, p in unet.named_parameters() if "lora_" not in n}
+    x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        lora._ensure_adapter(unet, 4, lora.targets_of(state))          # the unmerged reference: peft's adapter on
+        for n, p in lora._lora_params(unet).items():
+            p.copy_(state[n])
+        unet.set_adapter(lora.ADAPTER)
+        unet.enable_adapters()
+        unmerged = model.unet_forward(x, 300, cond)
+        lora._disable(unet)
+        with lora.applied(unet, state):
+            assert not lora.is_active(unet)
+            merged = model.unet_forward(x, 300, cond)
+            changed = [n for n, p in unet.named_parameters() if "lora_" not in n and not torch.equal(p, base[n])]
+    assert torch.allclose(merged, unmerged, atol=1e-5, rtol=1e-4), float((merged - unmerged).abs().max())
+    assert changed and all(n.rsplit(".", 2)[-2] == "base_layer" for n in changed)   # only the adapted projections
+    assert all(torch.equal(p, base[n]) for n, p in unet.named_parameters() if "lora_" not in n)
