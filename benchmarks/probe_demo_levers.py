@@ -5,6 +5,7 @@ bench_quality (dist / drag, IoU, background PSNR) on the tuning seeds 2·10⁹ +
     python benchmarks/probe_demo_levers.py --lever ngd:5 --n 12              # drag optimiser: normalised gradient
     python benchmarks/probe_demo_levers.py --lever lora-band:600,800 --n 12  # LoRA timesteps from a band
     python benchmarks/probe_demo_levers.py --set inversion_strength=0.6      # any DragConfig change, with or without a lever
+    python benchmarks/probe_demo_levers.py --weights W --set drag_lr=0.01    # another demo-layout model (default: shipped)
 
 * ``ngd:MUL``: the drag latent moves by MUL·drag_lr·g/rms(g) (the gradient's direction at Adam's step size)
   instead of Adam's per-element normalised step.
@@ -88,6 +89,7 @@ def main(argv=None) -> dict:
     p.add_argument("--n", type=int, default=12)
     p.add_argument("--start", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--weights", default="demo", help="a demo-layout weights folder (default: the shipped model)")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="a DragConfig change (repeatable), e.g. --set inversion_strength=0.6")
     a = p.parse_args(argv)
@@ -95,7 +97,7 @@ def main(argv=None) -> dict:
     apply_lever(a.lever)
     from dragnb import DragSession, load_model
     from dragnb.demo.world import sample_drag, score_edit
-    model = load_model("demo")
+    model = load_model(a.weights)
     changes = {}
     for item in a.set:
         k, _, v = item.partition("=")
@@ -114,7 +116,7 @@ def main(argv=None) -> dict:
         sc = score_edit(np.asarray(s.result().convert("RGB")), case)
         rows.append(dict(dist=float(sc["dist_frac"]), iou=float(sc["iou"]), bg=float(sc["bg_psnr"]),
                          lost=bool(sc["lost"]), s=time.perf_counter() - t))
-    out = dict(lever=a.lever, set=changes, n=a.n, dist=float(np.mean([r["dist"] for r in rows])),
+    out = dict(weights=a.weights, lever=a.lever, set=changes, n=a.n, dist=float(np.mean([r["dist"] for r in rows])),
                iou=float(np.mean([r["iou"] for r in rows])), bg=float(np.median([r["bg"] for r in rows])),
                lost=sum(r["lost"] for r in rows), s=float(np.mean([r["s"] for r in rows])))
     print(json.dumps(out))
