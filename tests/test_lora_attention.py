@@ -106,3 +106,44 @@ def test_applied_merges_the_lora_into_the_base_weights_and_restores_them_exactly
     assert torch.allclose(merged, unmerged, atol=1e-5, rtol=1e-4), float((merged - unmerged).abs().max())
     assert changed and all(n.rsplit(".", 2)[-2] == "base_layer" for n in changed)   # only the adapted projections
     assert all(torch.equal(p, base[n]) for n, p in unet.named_parameters() if "lora_" not in n)
+
+
+def test_merged_weights_are_built_once_per_state_and_rebuilt_when_anything_they_came_from_changes(monkeypatch):
+    """A drag step enters `applied` at every step: the merge is computed once and swapped in after that. A new
+    state dict, or base weights written in place, rebuild it; the base tensors themselves are never written."""
+    from peft.tuners.lora.layer import Linear as LoraLinear
+    model = tiny_model(seed=0)
+    unet = model.unet
+    cond = model.encode_prompt("cache")
+    state = lora.train_lora(model, torch.randn(1, 4, 8, 8), cond, rank=4, steps=2, lr=1e-2, batch_size=1, seed=2)
+    calls = []
+    real = LoraLinear.get_delta_weight
+    monkeypatch.setattr(LoraLinear, "get_delta_weight", lambda self, *a, **kw: calls.append(1) or real(self, *a, **kw))
+    x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        with lora.applied(unet, state):
+            first = model.unet_forward(x, 200, cond)
+        n_layers = len(calls)
+        assert n_layers > 0
+        bases = [layer.get_base_layer().weight for layer in lora._lora_layers(unet)]
+        ptrs = [b.data_ptr() for b in bases]
+        versions = [b._version for b in bases]
+        for _ in range(3):
+            with lora.applied(unet, state):
+                assert torch.equal(model.unet_forward(x, 200, cond), first)
+        assert len(calls) == n_layers, "the merge was computed again for the same state"
+        assert [b.data_ptr() for b in bases] == ptrs and [b._version for b in bases] == versions  # never written
+        # the same values in another dict: a rebuild, the same output
+        other = {k: v.clone() for k, v in state.items()}
+        with lora.applied(unet, other):
+            assert torch.equal(model.unet_forward(x, 200, cond), first)
+        assert len(calls) == 2 * n_layers
+        # a base weight written in place (a user's load_state_dict, say): the same dict is merged again, on the
+        # new weight
+        bases[0].mul_(1.5)
+        base_out = model.unet_forward(x, 200, cond)
+        with lora.applied(unet, other):
+            changed = model.unet_forward(x, 200, cond)
+        assert len(calls) == 3 * n_layers
+        assert not torch.equal(changed, first)
+        assert torch.equal(model.unet_forward(x, 200, cond), base_out)   # out of the block: the (scaled) base UNet
