@@ -34,6 +34,7 @@ def _ensure_adapter(unet, rank: int, targets: str = "attention") -> None:
         return
     if cfg is not None:
         unet.delete_adapters(ADAPTER)
+    _TUNER_LAYERS.pop(unet, None)
     unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
                                 target_modules=list(TARGETS[targets])), adapter_name=ADAPTER)
     for p in _lora_params(unet).values():   # adapters train in float32 even on a float16 UNet (peft casts inputs)
@@ -45,9 +46,25 @@ def _lora_params(unet):
 
 
 def _disable(unet) -> None:
-    """Switch the adapter off (the base UNet); nothing to do when none was ever added."""
-    if getattr(unet, "_hf_peft_config_loaded", False) or getattr(unet, "peft_config", None):
-        unet.disable_adapters()
+    """Switch every adapter off (the base UNet); nothing to do when none was ever added. What diffusers'
+    `unet.disable_adapters()` does, without its walk over every module at each call (8.7 ms on the tiny UNet, and a
+    drag step calls this twice): the tuner layers are listed once per set of adapters, and only those on are switched
+    off."""
+    config = getattr(unet, "peft_config", None)
+    if not (getattr(unet, "_hf_peft_config_loaded", False) or config):
+        return
+    key = tuple(sorted(config or {}))
+    cached = _TUNER_LAYERS.get(unet)
+    if cached is None or cached[0] != key:
+        from peft.tuners.tuners_utils import BaseTunerLayer
+        cached = _TUNER_LAYERS[unet] = (key, [m for m in unet.modules() if isinstance(m, BaseTunerLayer)])
+    for m in cached[1]:
+        if not m.disable_adapters:
+            m.enable_adapters(False)
+
+
+#: unet -> (its adapter names, its peft tuner layers): the layers `_disable` switches off.
+_TUNER_LAYERS: "weakref.WeakKeyDictionary[object, tuple]" = weakref.WeakKeyDictionary()
 
 
 @contextmanager

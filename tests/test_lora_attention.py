@@ -147,3 +147,26 @@ def test_merged_weights_are_built_once_per_state_and_rebuilt_when_anything_they_
         assert len(calls) == 3 * n_layers
         assert not torch.equal(changed, first)
         assert torch.equal(model.unet_forward(x, 200, cond), base_out)   # out of the block: the (scaled) base UNet
+
+
+def test_disable_switches_off_every_adapter_layer_and_follows_a_recreated_adapter():
+    """`_disable` lists the tuner layers once per set of adapters instead of walking the UNet at every call; it must
+    still switch off whatever is on, and see the layers of an adapter created again at another rank."""
+    model = tiny_model(seed=0)
+    unet = model.unet
+    lora._ensure_adapter(unet, 4)
+    unet.enable_adapters()
+    assert lora.is_active(unet)
+    lora._disable(unet)
+    assert not lora.is_active(unet)
+    lora._ensure_adapter(unet, 8)                       # deleted and added again: new layers
+    unet.enable_adapters()
+    assert lora.is_active(unet)
+    lora._disable(unet)
+    assert not lora.is_active(unet)
+    x, cond = torch.randn(1, 4, 8, 8), model.encode_prompt("x")
+    with torch.no_grad():
+        lora._disable(unet)
+        off = model.unet_forward(x, 100, cond)
+        unet.disable_adapters()                          # diffusers' own switch agrees
+        assert torch.equal(model.unet_forward(x, 100, cond), off)
