@@ -34,6 +34,9 @@ def test_budgeted_run_stops_in_time_and_reproduces_as_a_step_count(tmp_path):
     assert rec["budget_minutes"] == 0.04 and rec["steps"] >= 3 and rec["schedule_steps"] >= 3
     assert rec["steps"] <= rec["schedule_steps"] and rec["skipped_steps"] == 0
     assert rec["arch"] == "tiny" and rec["factor"] == 2 and rec["data"] == "torch" and rec["data_chunk"] == 3
+    # where a step's time went: data and model, each counted, together within the step's whole time
+    assert rec["s_per_step_data"] > 0 and rec["s_per_step_model"] > 0
+    assert rec["s_per_step_data"] + rec["s_per_step_model"] <= rec["s_per_step"] * 1.02
     summary = json.loads((tmp_path / "fig" / "summary.json").read_text())
     assert set(summary["x0_psnr"]) >= {"200", "681", "950"} and 0 <= summary["shape_fidelity"]["fidelity"] <= 1
     for f in ("loss.csv", "training_curve.png", "samples_from_noise.png", "inversion_roundtrip.png"):
@@ -91,3 +94,22 @@ def test_gpu_train_script_smoke_on_cpu(tmp_path):
     from dragnb import load_model
     assert load_model(tmp_path / "w", device="cpu").codec_factor == 2
     assert (tmp_path / "w_results" / "figures" / "summary.json").exists()
+
+
+def test_step_split_counts_data_and_model_time_per_finished_step():
+    from dragnb.demo.train import StepSplit
+    sp = StepSplit(torch.device("cpu"))
+    for _ in range(3):
+        sp.start()
+        time.sleep(0.01)
+        sp.data_done()
+        time.sleep(0.03)
+        sp.step_done()
+    sp.start()                       # a skipped step: started, never finished, not counted
+    time.sleep(0.05)
+    d, m = sp.read()
+    assert 0.009 < d < 0.03 and 0.029 < m < 0.06
+    assert sp.read() is None and sp.steps == 3
+    tot = sp.totals()
+    assert abs(tot["s_per_step_data"] - d) < 1e-4 and abs(tot["s_per_step_model"] - m) < 1e-4
+

@@ -154,6 +154,56 @@ def make_figures(unet, emb, losses, fig_dir: Path, device, seed: int = 0, factor
 # the run
 
 
+class StepSplit:
+    """Where the training steps' time goes: the data (scenes drawn, encoded and noised) against the model (forward,
+    backward, optimiser, EMA). On a GPU it reads CUDA events, which add no synchronisation until `read()`; on a CPU,
+    the clock. A step that is skipped (non-finite loss) is not counted."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.pending: list = []          # [start, after the data, end] marks of the steps since the last read
+        self.data_s = self.model_s = 0.0
+        self.steps = 0
+        self._cur: list = []
+
+    def _mark(self):
+        if self.cuda:
+            e = torch.cuda.Event(enable_timing=True)
+            e.record()
+            return e
+        return time.perf_counter()
+
+    def start(self) -> None:
+        self._cur = [self._mark()]
+
+    def data_done(self) -> None:
+        self._cur.append(self._mark())
+
+    def step_done(self) -> None:
+        self._cur.append(self._mark())
+        self.pending.append(self._cur)
+
+    def read(self) -> tuple[float, float] | None:
+        """(data, model) seconds a step over the steps since the last read (None when there were none)."""
+        if not self.pending:
+            return None
+        if self.cuda:
+            self.pending[-1][2].synchronize()
+        d = m = 0.0
+        for a, b, c in self.pending:
+            d += a.elapsed_time(b) / 1e3 if self.cuda else b - a
+            m += b.elapsed_time(c) / 1e3 if self.cuda else c - b
+        n = len(self.pending)
+        self.pending = []
+        self.data_s, self.model_s, self.steps = self.data_s + d, self.model_s + m, self.steps + n
+        return d / n, m / n
+
+    def totals(self) -> dict:
+        self.read()
+        n = max(1, self.steps)
+        return {"s_per_step_data": round(self.data_s / n, 5), "s_per_step_model": round(self.model_s / n, 5)}
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="dragnb/demo/weights")
@@ -300,7 +350,7 @@ def main(argv=None) -> dict:
                 "t_focus": args.t_focus, "t_focus_prob": args.t_focus_prob,
                 "compile": args.compile, "budget_minutes": args.minutes, "schedule_steps": total,
                 "skipped_steps": skipped, "params_M": round(n_params / 1e6, 2),
-                "minutes": round(el / 60, 1), "s_per_step": round(el / max(1, step), 4),
+                "minutes": round(el / 60, 1), "s_per_step": round(el / max(1, step), 4), **split.totals(),
                 "device": dev_name, "final_loss": round(float(np.mean(recent)), 5) if recent else None,
                 "command": " ".join(["python -m dragnb.demo.train"] + argv),
                 "reproduce": " ".join(reproduce), "init_from": init_info}
@@ -312,10 +362,12 @@ def main(argv=None) -> dict:
                        fmt=["%d", "%.5f"])
 
     step = 0
+    split = StepSplit(device)
     while True:
         el = time.time() - t0
         if (last is not None and step >= last) or (budget is not None and el >= budget):
             break
+        split.start()
         # 1. scenes -> clean latents x0 (B, 3f², 64/f, 64/f), half of them mirrored
         if data == "torch":
             imgs = scenes.next().permute(0, 3, 1, 2)                                 # (B, 3, H, W) uint8
@@ -342,6 +394,7 @@ def main(argv=None) -> dict:
         a = ab[t].view(-1, 1, 1, 1)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
         v = a.sqrt() * noise - (1 - a).sqrt() * x0
+        split.data_done()
         # 3. prediction, loss (per-sample MSE, optionally min-SNR weighted)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16"):
             pred = fwd(xt, t, emb.expand(batch, -1, -1)).sample
@@ -374,6 +427,7 @@ def main(argv=None) -> dict:
         d = min(args.ema, (1 + step) / (10 + step))
         with torch.no_grad():
             torch._foreach_lerp_(ema_params, params, 1 - d)
+        split.step_done()
         step += 1
         losses.append((step, mse_v))
         # 5. with a budget: fix the schedule's length once, at the end of the warm-up
@@ -394,8 +448,10 @@ def main(argv=None) -> dict:
             el = time.time() - t0
             recent = np.mean([l for _, l in losses[-args.log_every:]])
             left = (budget - el) if budget is not None else (last - step) * el / step
+            sp = split.read()
+            where = "" if sp is None else f" (data {sp[0] * 1e3:.1f} ms, model {sp[1] * 1e3:.1f} ms)"
             print(f"step {step}/{total or '?'} loss {recent:.4f} lr {lr_at(step - 1):.2e} "
-                  f"{el / step:.3f} s/step elapsed {el / 60:.1f} min left {left / 60:.1f} min", flush=True)
+                  f"{el / step:.3f} s/step{where} elapsed {el / 60:.1f} min left {left / 60:.1f} min", flush=True)
         if time.time() - last_ckpt > args.ckpt_minutes * 60:
             save_weights(out, ema, emb, info(step), factor, overrides, args.shard_size)
             save_losses()
