@@ -84,29 +84,48 @@ def applied(unet, state: dict | None, rank: int | None = None):
     (another tensor, or one written in place: torch's version counter). Pass a new dict to change a LoRA, rather
     than writing into one that was applied.
 
+    Blocks nest (a stage may call another under the re-entrant UNet lock): an inner block with the same `state` runs
+    as it is; one with another state, or None, takes the outer LoRA off for its time and puts it back.
+
     Everything that changes the UNet (adding the adapter, copying its weights, the swap) happens inside the protected
     block, so an interrupt at any point leaves the base UNet.
     """
-    if state is None:
-        _disable(unet)
+    outer = _ACTIVE.get(unet)
+    if outer is not None and outer.state is state:     # nested in a block that carries this very LoRA
         yield unet
         return
     swapped: list = []
     try:
-        merged = _MERGED.get(unet)
-        if merged is None or not merged.valid(state):
-            _MERGED.pop(unet, None)
-            merged = _merge(unet, state, rank)
-            _MERGED[unet] = merged
-        _disable(unet)
-        for p, original, w in zip(merged.params, merged.originals, merged.merged):
-            swapped.append((p, original))
-            p.data = w
+        if outer is not None:                          # nested in another LoRA's block: take that one off first
+            _ACTIVE.pop(unet, None)
+            _unswap(outer.params, outer.originals)
+        if state is not None:
+            merged = _MERGED.get(unet)
+            if merged is None or not merged.valid(state):
+                _MERGED.pop(unet, None)
+                merged = _merge(unet, state, rank)
+                _MERGED[unet] = merged
+            _disable(unet)
+            for p, original, w in zip(merged.params, merged.originals, merged.merged):
+                swapped.append((p, original))
+                p.data = w
+            _ACTIVE[unet] = merged
+        else:
+            _disable(unet)
         yield unet
     finally:
-        for p, original in reversed(swapped):
-            p.data = original
+        _unswap([p for p, _ in swapped], [o for _, o in swapped])
+        _ACTIVE.pop(unet, None)
         _disable(unet)
+        if outer is not None:                          # the outer block's LoRA back on
+            for p, w in zip(outer.params, outer.merged):
+                p.data = w
+            _ACTIVE[unet] = outer
+
+
+def _unswap(params, originals) -> None:
+    for p, original in zip(reversed(params), reversed(originals)):
+        p.data = original
 
 
 class _Merged:
@@ -129,7 +148,8 @@ class _Merged:
             t._version == v for t, v in zip(self.merged, self.merged_versions))
 
 
-_MERGED: "weakref.WeakKeyDictionary[object, _Merged]" = weakref.WeakKeyDictionary()
+_MERGED: "weakref.WeakKeyDictionary[object, _Merged]" = weakref.WeakKeyDictionary()   # unet -> its last merge
+_ACTIVE: "weakref.WeakKeyDictionary[object, _Merged]" = weakref.WeakKeyDictionary()   # unet -> the merge on it now
 
 
 def _merge(unet, state: dict, rank: int | None) -> _Merged:

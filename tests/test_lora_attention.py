@@ -170,3 +170,34 @@ def test_disable_switches_off_every_adapter_layer_and_follows_a_recreated_adapte
         off = model.unet_forward(x, 100, cond)
         unet.disable_adapters()                          # diffusers' own switch agrees
         assert torch.equal(model.unet_forward(x, 100, cond), off)
+
+
+def test_applied_blocks_nest():
+    """A stage may call another under the re-entrant UNet lock: the same LoRA nested is applied once, a base block
+    (None) or another LoRA nested inside takes the outer one off for its time, and the outer one is back after."""
+    model = tiny_model(seed=0)
+    unet = model.unet
+    cond = model.encode_prompt("nest")
+    z0 = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(6))
+    a = lora.train_lora(model, z0, cond, rank=4, steps=2, lr=1e-2, batch_size=1, seed=3)
+    b = lora.train_lora(model, z0, cond, rank=4, steps=2, lr=1e-2, batch_size=1, seed=4)
+    x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(7))
+    f = lambda: model.unet_forward(x, 300, cond)  # noqa: E731
+    with torch.no_grad():
+        base = f()
+        with lora.applied(unet, a):
+            out_a = f()
+        with lora.applied(unet, b):
+            out_b = f()
+        assert not torch.equal(out_a, base) and not torch.equal(out_b, out_a)
+        with lora.applied(unet, a):
+            with lora.applied(unet, a):
+                assert torch.equal(f(), out_a)                  # applied once, not twice
+            assert torch.equal(f(), out_a)
+            with lora.applied(unet, None):
+                assert torch.equal(f(), base)
+            assert torch.equal(f(), out_a)
+            with lora.applied(unet, b):
+                assert torch.equal(f(), out_b)
+            assert torch.equal(f(), out_a)
+        assert torch.equal(f(), base)
