@@ -11,8 +11,9 @@ Part 2 (with --official): `parity_official.parity_sd` on a fresh model of the sa
 the official run_drag sequence (inversion, `drag_diffusion_update` on a float32 UNet under its own float16 autocast
 and GradScaler, denoising with its mutual self-attention editor), each stage timed with its peak
 `torch.cuda.max_memory_allocated`, plus the stage-by-stage agreement. Ratios official / dragnb per stage.
-Part 3: `dragnb.bench.bench_speed`: each speed option of `dragnb.set_speed` (channels_last, gradient
-checkpointing, both, a bfloat16 model, regional torch.compile) on the same short edit, per stage seconds and peak
+Part 3: `dragnb.bench.bench_speed`: each speed option of `dragnb.set_speed` (in `SPEED_VARIANTS`' order: regional
+torch.compile, LoRA-only checkpointing, channels_last, gradient checkpointing, both, a bfloat16 model) on the same
+short edit, per stage seconds and peak
 memory, and how far each option's dragged latent lands from the baseline's; rows that would pass the deadline
 (`--deadline-s`, counted from the start) are skipped and named.
 Writes gpu_sd_timings.json (everything) and gpu_sd_timings.txt (the table); each part (and each row of part 3)

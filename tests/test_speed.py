@@ -132,3 +132,18 @@ def test_memory_estimate_counts_less_with_checkpointing():
     assert 0 < ckpt["drag_step_saved_gib"] < plain["drag_step_saved_gib"]
     assert 0 < ckpt["lora_step_saved_gib"] < plain["lora_step_saved_gib"]
     assert res["weights_gib"]["unet"] > 0 and "LoRA step (batch 2)" in mod.table(res)
+
+
+def test_a_compile_row_compiles_a_model_of_its_own(monkeypatch):
+    """A compilation cannot be undone, so a compile row loads the model afresh: the rows after it run on the
+    uncompiled model, in any order. (aot_eager stands in for inductor, which takes a minute to compile on a CPU.)"""
+    from dragnb import bench
+    monkeypatch.setattr(bench, "SPEED_VARIANTS", bench.SPEED_VARIANTS + (("compile (aot_eager)", {"compile": "aot_eager"}),))
+    res = bench_speed("tiny", size=32, drag_steps=2, lora_steps=1,
+                      variants=["baseline", "compile (aot_eager)", "gradient_checkpointing"], verbose=False)
+    rows = {r["variant"]: r for r in res["rows"]}
+    assert all("error" not in r for r in rows.values()), rows
+    assert rows["compile (aot_eager)"]["speed"]["compile"] == "aot_eager"
+    assert not rows["gradient_checkpointing"]["speed"]["compile"] and not rows["baseline"]["speed"]["compile"]
+    assert rows["compile (aot_eager)"]["max_dlatent_vs_first_row"] == 0          # the same seeded weights, same edit
+    assert not any("," in n for n, _ in SPEED_VARIANTS)                          # command lines split on commas
