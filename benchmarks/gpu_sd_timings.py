@@ -71,10 +71,8 @@ def table(res: dict) -> str:
             f = lambda v, w, p: (f"{v:{w}.{p}f}" if isinstance(v, (int, float)) else f"{'n/a':>{w}s}")  # noqa: E731
             lines.append(f"{r['stage']:22s} {f(r['dragnb_s'], 9, 3)} {f(r['official_s'], 10, 3)} "
                          f"{f(r['ratio'], 6, 2)} {f(r['dragnb_peak_mb'], 10, 0)} {f(r['official_peak_mb'], 12, 0)}")
-        sm = c.get("summary", {})
-        if "noise_floor_max_dlatent" in sm:
-            lines += ["", f"noise floor: the official loop against itself from z_t rounded to float16 (max change "
-                          f"{sm['z_t_float16_rounding']:.3g}): max |dlatent| = {sm['noise_floor_max_dlatent']:.3g}"]
+        if c.get("noise_floor_line"):
+            lines += ["", c["noise_floor_line"]]
         lines += ["", c.get("parity_line", "")]
     elif c is not None:
         lines += [f"side by side: {c}"]
@@ -202,9 +200,7 @@ def main(argv=None):
                                                                  "motion_loss", "mask_loss", "noise_floor_dlatent",
                                                                  "noise_floor_handles_equal")}
                           for r in pr["per_step"]],
-                parity_line=(f"parity: max |dlatent| = {sm['max_dlatent']:.3g} over {sm['n_steps']} steps, handles "
-                             f"identical: {'yes' if sm['handles_identical'] else 'no'}, final PSNR = "
-                             f"{sm['final_psnr_db']:.2f} dB"))
+                parity_line=po.parity_line(sm), noise_floor_line=po.noise_floor_line(sm))
             del m
         except Exception as e:  # noqa: BLE001
             traceback.print_exc()

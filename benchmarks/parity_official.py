@@ -626,6 +626,22 @@ def parity_drag_only(off, model, a) -> dict:
                              final_psnr_db=None))
 
 
+def parity_line(sm: dict) -> str:
+    """The benchmark's last line, from a result's `summary`."""
+    v = sm["final_psnr_db"]
+    fp = "n/a" if v is None else "inf" if v == float("inf") else f"{v:.2f}"
+    return (f"parity: max |dlatent| = {sm['max_dlatent']:.3g} over {sm['n_steps']} steps, handles identical: "
+            f"{'yes' if sm['handles_identical'] else 'no'}, final PSNR = {fp} dB")
+
+
+def noise_floor_line(sm: dict) -> str | None:
+    """The noise floor's line, from a result's `summary` (None for a result without one: the drag-only models)."""
+    if "noise_floor_max_dlatent" not in sm:
+        return None
+    return (f"noise floor: the official loop against itself from z_t rounded to float16 (max change "
+            f"{sm['z_t_float16_rounding']:.3g}): max |dlatent| = {sm['noise_floor_max_dlatent']:.3g}")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--official", required=True, help="a checkout of Yujun-Shi/DragDiffusion (see PARITY.md)")
@@ -680,17 +696,13 @@ def main(argv=None):
         with open(a.json, "w") as f:
             json.dump(res, f, indent=1, default=str)
     sm = res["summary"]
-    fp = "n/a" if sm["final_psnr_db"] is None else ("inf" if sm["final_psnr_db"] == float("inf")
-                                                    else f"{sm['final_psnr_db']:.2f}")
     if res.get("final_psnr_same_rounding_db") is not None:
         v = res["final_psnr_same_rounding_db"]
         print(f"final image PSNR with dragnb's rounding applied to the official float image: "
               f"{'inf' if v == float('inf') else f'{v:.2f}'} dB (run_drag truncates to uint8, dragnb rounds)")
-    if "noise_floor_max_dlatent" in sm:
-        print(f"noise floor: the official loop against itself from z_t rounded to float16 (max change "
-              f"{sm['z_t_float16_rounding']:.3g}): max |dlatent| = {sm['noise_floor_max_dlatent']:.3g}")
-    print(f"parity: max |dlatent| = {sm['max_dlatent']:.3g} over {sm['n_steps']} steps, handles identical: "
-          f"{'yes' if sm['handles_identical'] else 'no'}, final PSNR = {fp} dB")
+    if noise_floor_line(sm):
+        print(noise_floor_line(sm))
+    print(parity_line(sm))
     return res
 
 

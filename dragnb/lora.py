@@ -94,11 +94,11 @@ def applied(unet, state: dict | None, rank: int | None = None):
     if outer is not None and outer.state is state:     # nested in a block that carries this very LoRA
         yield unet
         return
-    swapped: list = []
+    entered = None
     try:
         if outer is not None:                          # nested in another LoRA's block: take that one off first
             _ACTIVE.pop(unet, None)
-            _unswap(outer.params, outer.originals)
+            _point(outer.params, outer.originals)
         if state is not None:
             merged = _MERGED.get(unet)
             if merged is None or not merged.valid(state):
@@ -106,26 +106,26 @@ def applied(unet, state: dict | None, rank: int | None = None):
                 merged = _merge(unet, state, rank)
                 _MERGED[unet] = merged
             _disable(unet)
-            for p, original, w in zip(merged.params, merged.originals, merged.merged):
-                swapped.append((p, original))
-                p.data = w
+            entered = merged                           # from here on the way out puts its originals back
+            _point(merged.params, merged.merged)
             _ACTIVE[unet] = merged
         else:
             _disable(unet)
         yield unet
     finally:
-        _unswap([p for p, _ in swapped], [o for _, o in swapped])
+        if entered is not None:                        # every original back (those never swapped already are)
+            _point(entered.params, entered.originals)
         _ACTIVE.pop(unet, None)
         _disable(unet)
         if outer is not None:                          # the outer block's LoRA back on
-            for p, w in zip(outer.params, outer.merged):
-                p.data = w
+            _point(outer.params, outer.merged)
             _ACTIVE[unet] = outer
 
 
-def _unswap(params, originals) -> None:
-    for p, original in zip(reversed(params), reversed(originals)):
-        p.data = original
+def _point(params, tensors) -> None:
+    """Each Parameter's `.data` to its tensor (a pointer swap: no arithmetic, nothing written)."""
+    for p, t in zip(params, tensors):
+        p.data = t
 
 
 class _Merged:
