@@ -4,12 +4,9 @@ passes the gradient through float16 at 1e-8 of its size, as a deep float16 netwo
 import pytest
 import torch
 
-from dragnb import DragConfig
 from dragnb.amp import loss_scaler, needs_scaling
-from dragnb.cache import Reference
-from dragnb.methods import DragDiffusion
-from dragnb.state import DragDiverged, DragState, StepContext
-from test_drag import blob_features
+from dragnb.state import DragDiverged
+from test_drag import stand_in_drag
 
 
 class _Fp16Backward(torch.autograd.Function):
@@ -30,14 +27,7 @@ class _Fp16Backward(torch.autograd.Function):
 
 
 def _setup(dtype, snapshot_every=100):
-    feat0 = blob_features((16, 10), 32)
-    ref = Reference((0,), (feat0, feat0), (feat0,), (feat0.new_zeros(1),))
-    cfg = DragConfig(r_m=1, r_p=3, lam=0.0, reach_distance=2.0, drag_lr=0.05, snapshot_every=snapshot_every)
-    ctx = StepContext(cfg, ref, forward=lambda x, t: (_Fp16Backward.apply(x), x.new_zeros(1)), denoise=None,
-                      mask_latent=None, to_image=lambda rc: tuple(rc))
-    state = DragState(DragDiffusion(), feat0, torch.tensor([[16.0, 10.0]]), torch.tensor([[16.0, 16.0]]),
-                      cfg.drag_lr, dtype=dtype)
-    return state, ctx, feat0
+    return stand_in_drag(_Fp16Backward.apply, dtype, snapshot_every)
 
 
 def test_only_float16_is_scaled():
@@ -59,8 +49,7 @@ def test_float16_drag_keeps_gradients_that_underflow_unscaled():
     moved = (scaled.latent.detach() - feat0)
     assert moved.abs().max() > 0.04          # Adam's first step: lr (0.05) times the gradient's sign
     # the same step with the exact gradient (no float16 anywhere) moves the same elements the same way
-    exact, ctx2, _ = _setup(torch.float32)
-    ctx2.forward = lambda x, t: (x, x.new_zeros(1))
+    exact, ctx2, _ = stand_in_drag()
     exact.step(ctx2)
     assert torch.equal(torch.sign(moved), torch.sign(exact.latent.detach() - feat0))
 

@@ -107,20 +107,28 @@ def test_patch_tracking_locates_a_handle_inside_a_flat_region():
         DragConfig(track_patch=-1).validate()
 
 
-def test_motion_loss_moves_a_blob_toward_the_target():
-    """DragState's step with the DragDiffusion method, optimising the features themselves (as a stand-in latent)
-    against a synthetic reference, moves the blob: the whole loop is testable without a UNet."""
+def stand_in_drag(forward=lambda x: x, dtype=torch.float32, snapshot_every=100):
+    """A DragState with the DragDiffusion method that optimises a blob's features themselves (as a stand-in latent)
+    against a synthetic reference, handle (16, 10) -> target (16, 16) on a 32-cell grid: the whole loop without a
+    UNet. `forward(x)` -> the features of the stand-in latent. Returns (state, ctx, the features it starts from)."""
     from dragnb import DragConfig
     from dragnb.cache import Reference
     from dragnb.methods import DragDiffusion
     from dragnb.state import DragState, StepContext
-    size = 32
-    feat0 = blob_features((16, 10), size)
+    feat0 = blob_features((16, 10), 32)
     ref = Reference((0,), (feat0, feat0), (feat0,), (feat0.new_zeros(1),))
-    cfg = DragConfig(r_m=1, r_p=3, lam=0.0, reach_distance=2.0, drag_lr=0.05, snapshot_every=100)
-    ctx = StepContext(cfg, ref, forward=lambda x, t: (x, x.new_zeros(1)), denoise=None, mask_latent=None,
+    cfg = DragConfig(r_m=1, r_p=3, lam=0.0, reach_distance=2.0, drag_lr=0.05, snapshot_every=snapshot_every)
+    ctx = StepContext(cfg, ref, forward=lambda x, t: (forward(x), x.new_zeros(1)), denoise=None, mask_latent=None,
                       to_image=lambda rc: tuple(rc))
-    state = DragState(DragDiffusion(), feat0, torch.tensor([[16.0, 10.0]]), torch.tensor([[16.0, 16.0]]), cfg.drag_lr)
+    state = DragState(DragDiffusion(), feat0, torch.tensor([[16.0, 10.0]]), torch.tensor([[16.0, 16.0]]), cfg.drag_lr,
+                      dtype=dtype)
+    return state, ctx, feat0
+
+
+def test_motion_loss_moves_a_blob_toward_the_target():
+    """DragState's step with the DragDiffusion method, optimising the features themselves (as a stand-in latent)
+    against a synthetic reference, moves the blob: the whole loop is testable without a UNet."""
+    state, ctx, feat0 = stand_in_drag()
     for _ in range(80):
         if state.step(ctx) is None:
             break
