@@ -11,11 +11,11 @@ Part 2 (with --official): `parity_official.parity_sd` on a fresh model of the sa
 the official run_drag sequence (inversion, `drag_diffusion_update` on a float32 UNet under its own float16 autocast
 and GradScaler, denoising with its mutual self-attention editor), each stage timed with its peak
 `torch.cuda.max_memory_allocated`, plus the stage-by-stage agreement. Ratios official / dragnb per stage.
-Part 3: `dragnb.bench.bench_speed`: each speed option of `dragnb.set_speed` (in `SPEED_VARIANTS`' order: regional
-torch.compile, LoRA-only checkpointing, channels_last, gradient checkpointing, both, a bfloat16 model) on the same
-short edit, per stage seconds and peak
-memory, and how far each option's dragged latent lands from the baseline's; rows that would pass the deadline
-(`--deadline-s`, counted from the start) are skipped and named.
+Part 3: `dragnb.bench.bench_speed`: each speed option of `dragnb.set_speed` (in `SPEED_VARIANTS`' order: CUDA graphs
+of the drag step, regional torch.compile, LoRA-only checkpointing, channels_last, gradient checkpointing, both, a
+bfloat16 model) on the same short edit, per stage seconds and peak memory, and how far each option's dragged latent
+lands from the baseline's; with `--re-edit-steps N`, a re-drag of N steps on the cached LoRA and inversion too; rows
+that would pass the deadline (`--deadline-s`, counted from the start) are skipped and named.
 Writes gpu_sd_timings.json (everything) and gpu_sd_timings.txt (the table); each part (and each row of part 3)
 is written when it ends.
 """
@@ -132,6 +132,11 @@ def main(argv=None):
     p.add_argument("--skip-speed", action="store_true", help="skip part 3 (the speed options)")
     p.add_argument("--speed-variants", default=None,
                    help="comma-separated rows of part 3 (default all: see dragnb.bench.SPEED_VARIANTS)")
+    p.add_argument("--re-edit-steps", type=int, default=0,
+                   help="part 3: each row also times a re-drag of this many steps on the cached LoRA and inversion "
+                        "(80: the '2-s re-drag' figure); default 0, none")
+    p.add_argument("--no-official", action="store_true",
+                   help="skip part 2 even when .official/ exists (the shell wrapper passes --official by default)")
     p.add_argument("--deadline-s", type=float, default=450.0,
                    help="part 3 starts no row likely to end later than this many seconds after the start (default "
                         "450; the shell wrapper's cap is 480)")
@@ -181,7 +186,7 @@ def main(argv=None):
         res["bench_stages_wall_s"] = time.perf_counter() - t0
         write()
         _free()
-    if a.official:  # part 2: side by side with the official code
+    if a.official and not a.no_official:  # part 2: side by side with the official code
         import parity_official as po
         t0 = time.perf_counter()
         try:
@@ -208,7 +213,7 @@ def main(argv=None):
         res["side_by_side_wall_s"] = time.perf_counter() - t0
         _free()
     else:
-        res["side_by_side"] = "not run: no --official checkout given"
+        res["side_by_side"] = "not run: " + ("--no-official" if a.no_official else "no --official checkout given")
     if not a.skip_speed:  # part 3: the speed options, as many rows as the deadline allows
         from dragnb.bench import bench_speed
         t0 = time.perf_counter()
@@ -220,7 +225,7 @@ def main(argv=None):
         try:
             res["speed"] = bench_speed(model=model, size=size, device=device, dtype=torch_dtype,
                                        drag_steps=3 if q else 8, lora_steps=2 if q else 10, variants=variants,
-                                       deadline=deadline, on_row=row_done)
+                                       deadline=deadline, on_row=row_done, re_edit_steps=a.re_edit_steps)
         except Exception as e:  # noqa: BLE001
             traceback.print_exc()
             res["speed"] = f"{type(e).__name__}: {e}"

@@ -21,6 +21,9 @@ PY=${PYTHON:-python3}
 mkdir -p "$OUT_DIR"
 
 # 1. diffusers (the GPU machine has torch, peft, transformers, accelerate, einops, but no diffusers)
+if [ -d /tmp/site/diffusers ] && ! "$PY" -c "import diffusers" 2>/dev/null; then   # installed by an earlier run
+    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
 if ! "$PY" -c "import diffusers" 2>/dev/null; then
     if ls "$REPO"/.whl/*.whl >/dev/null 2>&1; then
         "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
@@ -36,7 +39,7 @@ export PYTHONPATH=$REPO${PYTHONPATH:+:$PYTHONPATH}
 export PYTHONUNBUFFERED=1 TQDM_DISABLE=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
 ARGS=("$@")
-if [ -d "$REPO/.official" ] && [[ " $* " != *" --official "* ]]; then
+if [ -d "$REPO/.official" ] && [[ " $* " != *" --official "* ]] && [[ " $* " != *" --no-official "* ]]; then
     ARGS+=(--official "$REPO/.official")
 fi
 if [[ " $* " != *" --deadline-s "* ]]; then

@@ -128,6 +128,7 @@ def bench_stages(model="tiny", size=None, device=None, dtype=None, drag_steps=10
 #: model's), so they leave the others' model alone. Names hold no comma (the command lines split lists on commas).
 SPEED_VARIANTS = (
     ("baseline", {}),
+    ("cuda graphs", {"cuda_graph": True}),
     ("compile (regional)", {"compile": True}),
     ("checkpointing (LoRA only)", {"gradient_checkpointing": "lora"}),
     ("channels_last", {"channels_last": True}),
@@ -156,8 +157,15 @@ def _edit_once(s, drag_steps: int, dev) -> dict:
     return r
 
 
+def _re_edit(s, steps: int, dev) -> dict:
+    """A re-drag on the cached LoRA and inversion: back to the inverted latent, `steps` drag steps, the result."""
+    _sync(dev)
+    t = time.perf_counter(); s.reset(); recs = s.step(steps); s.result(); _sync(dev)
+    return {"re_edit_s": time.perf_counter() - t, "re_edit_steps": len(recs)}
+
+
 def bench_speed(model="tiny", size=None, device=None, dtype=None, drag_steps=6, lora_steps=6, variants=None,
-                deadline=None, on_row=None, verbose=True) -> dict:
+                deadline=None, on_row=None, verbose=True, re_edit_steps=0) -> dict:
     """Each `dragnb.set_speed` option (and bfloat16) on the same edit: per stage seconds and peak memory, and how
     far the dragged latent lands from the baseline's (the options change kernels, not the algorithm).
 
@@ -165,7 +173,9 @@ def bench_speed(model="tiny", size=None, device=None, dtype=None, drag_steps=6, 
     that would likely end after it is skipped and named in `skipped`. `on_row(result)` after each row.
     Rows are measured on one loaded model (a dtype row loads it again), each from empty caches, with
     `lora_steps` LoRA updates and `drag_steps` drag steps (the first, which builds the optimiser and
-    compiles a compiled UNet, is reported apart)."""
+    compiles a compiled UNet, is reported apart). `re_edit_steps` > 0: each row then also times a re-drag of that
+    many steps on the cached LoRA and inversion, with the result (`re_edit_s`: the "re-drag within 2 s" figure)."""
+    from . import graphs
     from .speed import set_speed, speed_of
     names = [n for n, _ in SPEED_VARIANTS]
     variants = list(variants or names)
@@ -197,15 +207,19 @@ def bench_speed(model="tiny", size=None, device=None, dtype=None, drag_steps=6, 
                 mm = model_by_name(model, device, getattr(torch, opts["dtype"]) if "dtype" in opts else m.dtype)
             set_speed(mm, channels_last=opts.get("channels_last", False),
                       gradient_checkpointing=opts.get("gradient_checkpointing", False),
-                      compile=opts.get("compile") or None)
+                      compile=opts.get("compile") or None, cuda_graph=opts.get("cuda_graph", False))
             row["speed"] = speed_of(mm)
             cfg = mm.default_config(lora_steps=lora_steps, drag_steps=drag_steps, reach_distance=0.5)
             s = bench_session(mm, size, cfg)
             row.update(_edit_once(s, drag_steps, dev))
             lat = s.current_latent().detach().float().cpu()
+            if re_edit_steps:
+                row.update(_re_edit(s, re_edit_steps, dev))
             if base_latent is None:
                 base_latent = lat
             row["max_dlatent_vs_first_row"] = float((lat - base_latent).abs().max())
+            if opts.get("cuda_graph"):
+                row["graphs"] = graphs.stats(mm)
             if mm is not m:
                 del s, mm
         except Exception as e:  # noqa: BLE001 - a row that fails is reported, the others still run
@@ -227,16 +241,23 @@ def speed_table(res: dict) -> str:
                 + (f"\nskipped (deadline): {', '.join(res['skipped'])}" if res["skipped"] else ""))
     b = rows[0]
     cols = ("lora_s", "lora_peak_mb", "inversion_and_features_s", "first_drag_step_s", "drag_step_s", "drag_peak_mb",
-            "denoise_s")
+            "denoise_s") + (("re_edit_s",) if all("re_edit_s" in r for r in rows) else ())
     head = f"{'variant':30s} " + " ".join(f"{c:>12s}" for c in cols) + f" {'drag x base':>11s} {'max dlat':>9s}"
     lines = [f"speed options: {res['model']} {res['size']} px, {res['device']} {res['dtype']}, {res['lora_steps']} LoRA "
-             f"and {res['drag_steps']} drag steps per row", head]
+             f"and {res['drag_steps']} drag steps per row"
+             + (f"; re_edit_s: a re-drag of {rows[0]['re_edit_steps']} steps on the cached LoRA and inversion, with "
+                "the result" if "re_edit_s" in cols else ""), head]
     for r in res["rows"]:
         if "error" in r:
             lines.append(f"{r['variant']:30s} failed: {r['error']}")
             continue
         lines.append(f"{r['variant']:30s} " + " ".join(f"{r[c]:12.3f}" for c in cols)
                      + f" {b['drag_step_s'] / r['drag_step_s']:11.2f} {r['max_dlatent_vs_first_row']:9.2g}")
+    for r in rows:
+        if "graphs" in r:
+            g = r["graphs"]
+            lines.append(f"{r['variant']}: {g['captures']} captures, {g['replays']} replays, {g['eager_calls']} eager "
+                         f"calls" + (f", failures: {'; '.join(g['failures'])}" if g["failures"] else ""))
     if res["skipped"]:
         lines.append(f"skipped (deadline): {', '.join(res['skipped'])}")
     return "\n".join(lines)

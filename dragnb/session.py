@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from . import ddim, render, validate
+from . import ddim, graphs, render, validate
 from .cache import SourceCache, SourceSpec
 from .config import DragConfig
 from .coords import drag_path_mask
@@ -133,7 +133,8 @@ class DragSession(EditInputs):
 
     def _context(self, lora_state, ref) -> StepContext:
         m, c, cond = self.model, self.config, self.model.encode_prompt(self.prompt)
-        fwd = lambda z, t: forward_features(m, cond, z, t, c.n_inference_steps, c.feature_block, self.geometry.grid_hw)  # noqa
+        feats = graphs.forward_features if m.speed.get("cuda_graph") else forward_features   # set_speed(cuda_graph=)
+        fwd = lambda z, t: feats(m, cond, z, t, c.n_inference_steps, c.feature_block, self.geometry.grid_hw)  # noqa
         den = lambda z, t: ddim.prev_step(m.scheduler, guided_unet_fn(m, cond, 1.0)(z, t), z, t, c.n_inference_steps)  # noqa
         return StepContext(c, ref, fwd, den, self._mask_latent(), self.geometry.grid_to_image)
 

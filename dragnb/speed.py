@@ -21,6 +21,10 @@ each one on the drag step, the LoRA fine-tune and the denoising, and benchmarks/
   self-attention always runs eagerly (`dragnb.attention` changes the attention processors at every step,
   which would recompile). Compilation cannot be undone on a loaded model: ``compile=False`` afterwards is
   refused; load the model again instead.
+* ``cuda_graph``: the drag step's UNet call, forward and backward, recorded once as CUDA graphs and replayed
+  (`dragnb.graphs`): the launch overhead of some 1,200 operations a pass goes. A CUDA model only; not with
+  ``compile`` or with ``gradient_checkpointing=True`` (``"lora"`` is fine). The first step at each timestep pays
+  the capture (three eager warm-up passes and the recording); the numbers are the eager path's.
 
 The options live on the model (``model.speed``), so every session using that model shares them.
 """
@@ -30,13 +34,16 @@ from contextlib import contextmanager
 
 import torch
 
+from . import graphs
+
 __all__ = ["set_speed", "speed_of", "lora_stage", "parse_words", "OPTIONS", "WORDS"]
 
-OPTIONS = ("channels_last", "gradient_checkpointing", "compile")
+OPTIONS = ("channels_last", "gradient_checkpointing", "compile", "cuda_graph")
 
 WORDS = {"channels_last": ("channels_last", True), "checkpointing": ("gradient_checkpointing", True),
          "gradient_checkpointing": ("gradient_checkpointing", True),
-         "lora_checkpointing": ("gradient_checkpointing", "lora"), "compile": ("compile", True)}
+         "lora_checkpointing": ("gradient_checkpointing", "lora"), "compile": ("compile", True),
+         "cuda_graph": ("cuda_graph", True)}
 """The command line's words for the options (`python -m dragnb edit --speed channels_last,lora_checkpointing`)."""
 
 
@@ -47,13 +54,13 @@ def parse_words(text: str) -> dict:
     keys = [WORDS[w][0] for w in words if w in WORDS]
     if not words or len(keys) < len(words) or len(set(keys)) < len(keys):
         raise ValueError(f"{text!r}: use a comma-separated list of channels_last, checkpointing or "
-                         f"lora_checkpointing, compile (e.g. channels_last,lora_checkpointing)")
+                         f"lora_checkpointing, compile, cuda_graph (e.g. channels_last,lora_checkpointing)")
     return dict(WORDS[w] for w in words)
 
 
 def speed_of(model) -> dict:
     """The model's current options: {"channels_last": bool, "gradient_checkpointing": bool | "lora",
-    "compile": False | True | str}."""
+    "compile": False | True | str, "cuda_graph": bool}."""
     return {k: model.speed.get(k, False) for k in OPTIONS}
 
 
@@ -71,15 +78,25 @@ def _check(name: str, value) -> None:
 
 
 def set_speed(model, *, channels_last: bool | None = None, gradient_checkpointing: bool | str | None = None,
-              compile: bool | str | None = None) -> dict:
+              compile: bool | str | None = None, cuda_graph: bool | None = None) -> dict:
     """Set the given options on `model`'s UNet (None leaves an option as it is). Returns the options as they
     were before, so ``set_speed(model, **previous)`` restores them (except a compilation, which stays).
     Nothing changes when a value is invalid."""
-    asked = {"channels_last": channels_last, "gradient_checkpointing": gradient_checkpointing, "compile": compile}
+    asked = {"channels_last": channels_last, "gradient_checkpointing": gradient_checkpointing, "compile": compile,
+             "cuda_graph": cuda_graph}
     for k, v in asked.items():
         if v is not None:
             _check(k, v)
     before = speed_of(model)
+    after = {k: (before[k] if v is None else v) for k, v in asked.items()}
+    if after["cuda_graph"]:
+        graphs.check_model(model)
+        if after["compile"]:
+            raise ValueError(f"cuda_graph=True with compile={after['compile']!r}: use one of the two (a compiled "
+                             "UNet is not captured); load the model again to drop a compilation")
+        if after["gradient_checkpointing"] is True:
+            raise ValueError("cuda_graph=True with gradient_checkpointing=True: the drag step is not captured with "
+                             "checkpointing; use gradient_checkpointing='lora' (only the LoRA fine-tune) or False")
     if compile is not None and before["compile"] and compile != before["compile"]:
         raise ValueError(f"compile={compile!r}, but this model's UNet is already compiled with "
                          f"compile={before['compile']!r}: a compilation cannot be undone or redone in place; load "
@@ -91,6 +108,9 @@ def set_speed(model, *, channels_last: bool | None = None, gradient_checkpointin
     if gradient_checkpointing is not None and gradient_checkpointing != before["gradient_checkpointing"]:
         _checkpointing(unet, gradient_checkpointing is True, gradient_checkpointing)
         model.speed["gradient_checkpointing"] = gradient_checkpointing
+    if cuda_graph is not None and cuda_graph != before["cuda_graph"]:
+        graphs.clear(model)
+        model.speed["cuda_graph"] = cuda_graph
     if compile and not before["compile"]:
         kwargs = {} if compile is True else {"backend": compile}
         unet.compile_repeated_blocks(**kwargs)

@@ -23,15 +23,18 @@ def baseline():
     return _edit(tiny_model(seed=0))
 
 
+OFF = {"channels_last": False, "gradient_checkpointing": False, "compile": False, "cuda_graph": False}
+
+
 def _conv_weight(model):
     return model.unet.conv_in.weight
 
 
 def test_defaults_are_off_and_set_speed_returns_what_was_before():
     m = tiny_model(seed=0)
-    assert speed_of(m) == {"channels_last": False, "gradient_checkpointing": False, "compile": False}
+    assert speed_of(m) == OFF
     before = set_speed(m, channels_last=True, gradient_checkpointing=True)
-    assert before == {"channels_last": False, "gradient_checkpointing": False, "compile": False}
+    assert before == OFF
     assert speed_of(m)["channels_last"] and speed_of(m)["gradient_checkpointing"]
     assert _conv_weight(m).is_contiguous(memory_format=torch.channels_last)
     assert m.unet.is_gradient_checkpointing
@@ -50,7 +53,7 @@ def test_bad_values_name_the_value_and_change_nothing(kwargs, word):
     m = tiny_model(seed=0)
     with pytest.raises(TypeError, match=word):
         set_speed(m, **kwargs)
-    assert speed_of(m) == {"channels_last": False, "gradient_checkpointing": False, "compile": False}
+    assert speed_of(m) == OFF
     assert _conv_weight(m).is_contiguous() and not m.unet.is_gradient_checkpointing
 
 
