@@ -26,11 +26,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import ddim, lora
+from . import ddim, graphs, lora
 from .config import DragConfig
 from .invalidation import fields_of
 from .store import BoundedStore
-from .unet import forward_features, guided_unet_fn, unet_lock, using
+from .unet import forward_features, unet_lock, using
 
 STORES = ("lora", "inversion", "features")
 COUNTER_OF = {"lora": "lora_trainings", "inversion": "inversions", "features": "feature_extractions"}
@@ -259,7 +259,7 @@ class SourceCache:
                 callback("inversion", i, total)
         try:
             with using(m, weights.state):
-                lat = ddim.invert(guided_unet_fn(m, m.encode_prompt(spec.prompt), c.guidance_scale), m.scheduler,
+                lat = ddim.invert(graphs.unet_fn(m, m.encode_prompt(spec.prompt), c.guidance_scale), m.scheduler,
                                   z0, n, steps, cb)
         finally:
             bar.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from PIL import Image
 
-from . import ddim
+from . import ddim, graphs
 from .attention import mutual_self_attention
 from .unet import guided_unet_fn, using
 
@@ -19,15 +19,18 @@ def denoise(model, cond, lora_state, config, source_latent: torch.Tensor, z_hat:
     denoising step `attn_start`, default `attn_start_step`).
     """
     c = config
-    fn = guided_unet_fn(model, cond, c.guidance_scale)
     k = c.drag_step_index - int(index)
     with using(model, lora_state):
         if mutual:
             start = c.attn_start_step if attn_start is None else attn_start
             with mutual_self_attention(model.unet, start, c.attn_start_layer) as ctl:
+                # (graphed when the model's cuda_graph option is on: one graph per step and attention setting)
+                fn = graphs.unet_fn(model, cond, c.guidance_scale,
+                                    lambda: ("mutual", c.attn_start_layer, ctl.step >= start))
                 z = ddim.denoise(fn, model.scheduler, torch.cat([source_latent, z_hat]), c.n_inference_steps, k,
                                  step_hook=lambda i: setattr(ctl, "step", i))[1:]
         else:
+            fn = graphs.unet_fn(model, cond, c.guidance_scale)
             z = ddim.denoise(fn, model.scheduler, z_hat, c.n_inference_steps, k)
     return model.decode(z)
 

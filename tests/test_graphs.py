@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from dragnb import DragSession, graphs, set_speed
+from dragnb.attention import self_attention_modules
 from dragnb.models import tiny_model
 from dragnb.speed import speed_of
 from scenes import FAST, disc_scene
@@ -23,7 +24,47 @@ class Emulation:
     recorded (so a key that misses a change of weights replays stale ones here too)."""
 
     def __init__(self, fail=False, unet=None):
-        self.captures, self.fail, self.unet = 0, fail, unet
+        self.captures, self.no_grad_captures, self.fail, self.unet = 0, 0, fail, unet
+
+    def _recorded(self):
+        """What a graph freezes at capture: the weights' memory and the Python branches taken, here the
+        self-attention processors and the mutual-attention step they gated on."""
+        if self.unet is None:
+            return [], []
+        procs = [(m, m.processor, getattr(getattr(m.processor, "control", None), "step", None))
+                 for m in self_attention_modules(self.unet)]
+        return [(p, p.data) for p in self.unet.parameters()], procs
+
+    @staticmethod
+    def _with(recorded, f, *args):
+        params, procs = recorded
+        now = [p.data for p, _ in params], [(m.processor, getattr(getattr(pr, "control", None), "step", None))
+                                              for m, pr, _ in procs]
+        for p, d in params:
+            p.data = d
+        for m, pr, step in procs:
+            m.processor = pr
+            if step is not None:
+                pr.control.step = step
+        try:
+            return f(*args)
+        finally:
+            for (p, _), d in zip(params, now[0]):
+                p.data = d
+            for (m, pr, _), (cur, step) in zip(procs, now[1]):
+                if step is not None:
+                    pr.control.step = step
+                m.processor = cur
+
+    def no_grad(self, run, pool):
+        """`graphs._graph_no_grad`: two warm-up calls, then one static output that every replay overwrites."""
+        if self.fail:
+            raise RuntimeError("operation not permitted when stream is capturing")
+        self.no_grad_captures += 1
+        for _ in range(2):
+            run()
+        out, recorded = run(), self._recorded()
+        return (lambda: out.copy_(self._with(recorded, run))), out
 
     def __call__(self, fn, sample_args, pool):
         if self.fail:
@@ -37,17 +78,10 @@ class Emulation:
         static_out = [o.detach().clone() for o in fn(sample)]
         static_grad = torch.zeros_like(sample)
         live = {}
-        recorded = [] if self.unet is None else [(p, p.data) for p in self.unet.parameters()]
+        recorded = self._recorded()
 
         def run(zi):
-            now = [p.data for p, _ in recorded]
-            for p, d in recorded:
-                p.data = d
-            try:
-                return fn(zi)
-            finally:
-                for (p, _), d in zip(recorded, now):
-                    p.data = d
+            return self._with(recorded, fn, zi)
 
         class Graphed(torch.autograd.Function):
             @staticmethod
@@ -73,6 +107,7 @@ class Emulation:
 def emulated(monkeypatch):
     emu = Emulation()
     monkeypatch.setattr(graphs, "_make_graphed", emu)
+    monkeypatch.setattr(graphs, "_graph_no_grad", emu.no_grad)
     monkeypatch.setattr(graphs, "_pool", lambda: "pool")
     monkeypatch.setattr(graphs, "check_model", lambda model: None)
     return emu
@@ -103,11 +138,37 @@ def test_graphed_steps_equal_eager_steps(emulated, method, steps):
     assert recs1 == recs0 and torch.equal(lat1, lat0)
     st = graphs.stats(m)
     timesteps = {t for _, _, t in recs1}
-    assert st["captures"] == emulated.captures == len(timesteps) and st["graphs"] == len(timesteps)
-    assert st["replays"] == steps and st["failures"] == [] and st["eager_calls"] == 0
+    assert emulated.captures == len(timesteps) and st["graphs"] == len(timesteps)
     if method == "gooddrag":
         assert len(timesteps) >= 2                 # one graph per timestep the method drags at
+    inversion = st["no_grad_graphs"]               # the inversion's calls were graphed too
+    assert inversion == emulated.no_grad_captures == s.config.drag_step_index
+    assert st["replays"] == steps + inversion and st["failures"] == [] and st["eager_calls"] == 0
+    # the final denoising (mutual self-attention) in graphs: the same image; a second render only replays
     assert np.array_equal(np.asarray(s.result()), np.asarray(_edit(tiny_model(seed=0), method, steps, **cfg)[0].result()))
+    n = emulated.no_grad_captures
+    assert n > inversion and graphs.stats(m)["eager_calls"] == 0
+    if method == "dragdiffusion":                   # render_latent denoises from the drag timestep, as result() here
+        before = graphs.stats(m)["replays"]
+        s.render_latent(s.current_latent())
+        assert emulated.no_grad_captures == n and graphs.stats(m)["replays"] > before
+
+
+def test_mutual_attention_from_a_later_step_is_another_graph(emulated):
+    """The same timesteps, with mutual self-attention switched on from step 2 instead of step 0: the graphs of the
+    steps before 2 must be other graphs (the key's context), or the render would replay the wrong attention."""
+    m0, m = tiny_model(seed=0), tiny_model(seed=0)
+    set_speed(m, cuda_graph=True)
+    emulated.unet = m.unet
+    images = []
+    for model in (m0, m):
+        s = _session(model)
+        s.step(2)
+        first = np.asarray(s.result())
+        s.configure(attn_start_step=2)
+        images.append((first, np.asarray(s.result())))
+    assert np.array_equal(images[0][0], images[1][0]) and np.array_equal(images[0][1], images[1][1])
+    assert not np.array_equal(images[0][0], images[0][1])         # the setting changes the image
 
 
 def test_rewind_and_a_new_lora_or_prompt_recapture_and_stay_exact(emulated):
@@ -124,7 +185,7 @@ def test_rewind_and_a_new_lora_or_prompt_recapture_and_stay_exact(emulated):
         s.configure(lora_steps=3)
         s.step(2)
     assert torch.equal(a.current_latent(), b.current_latent())
-    assert emulated.captures == 2 and graphs.stats(m)["graphs"] == 1    # the stale graph was dropped
+    assert emulated.captures == 2 and graphs.stats(m)["graphs"] == 1    # the stale graphs were dropped
     for s in (a, b):                                      # another prompt: another embedding tensor
         s.prompt = "a yellow disc"
         s.step(2)
@@ -133,7 +194,9 @@ def test_rewind_and_a_new_lora_or_prompt_recapture_and_stay_exact(emulated):
 
 
 def test_a_failed_capture_warns_once_and_the_edit_goes_on_eagerly(monkeypatch):
-    monkeypatch.setattr(graphs, "_make_graphed", Emulation(fail=True))
+    emu = Emulation(fail=True)
+    monkeypatch.setattr(graphs, "_make_graphed", emu)
+    monkeypatch.setattr(graphs, "_graph_no_grad", emu.no_grad)
     monkeypatch.setattr(graphs, "_pool", lambda: "pool")
     monkeypatch.setattr(graphs, "check_model", lambda model: None)
     _, recs0, lat0 = _edit(tiny_model(seed=0), "dragdiffusion", 4)
@@ -143,10 +206,11 @@ def test_a_failed_capture_warns_once_and_the_edit_goes_on_eagerly(monkeypatch):
         warnings.simplefilter("always")
         _, recs1, lat1 = _edit(m, "dragdiffusion", 4)
     assert recs1 == recs0 and torch.equal(lat1, lat0)
-    assert sum("CUDA graph capture" in str(x.message) for x in w) == 1
+    assert sum("CUDA graph capture of the drag step" in str(x.message) for x in w) == 1   # once for its key
     st = graphs.stats(m)
-    assert st["captures"] == 0 and st["eager_calls"] == 4 and len(st["failures"]) == 1
-    assert "operation not permitted" in st["failures"][0]
+    inversion = m.default_config(**FAST).drag_step_index
+    assert st["captures"] == 0 and st["eager_calls"] == 4 + inversion and len(st["failures"]) == 1 + inversion
+    assert all("operation not permitted" in f for f in st["failures"])
 
 
 def test_set_speed_refuses_cuda_graph_on_a_cpu_model_and_with_compile_or_checkpointing(monkeypatch):
@@ -182,11 +246,11 @@ def test_bench_speed_row(emulated):
     assert all("error" not in r for r in rows.values()), rows
     g = rows["cuda graphs"]
     assert g["speed"]["cuda_graph"] and not rows["baseline"]["speed"]["cuda_graph"]
-    assert g["max_dlatent_vs_first_row"] == 0 and g["graphs"]["captures"] == 1
-    assert g["graphs"]["replays"] == 3 + g["re_edit_steps"] and g["re_edit_steps"] == 4   # the re-drag reuses the graph
+    assert g["max_dlatent_vs_first_row"] == 0 and g["graphs"]["graphs"] == 1 and g["graphs"]["no_grad_graphs"] > 1
+    assert g["re_edit_steps"] == 4 and g["graphs"]["eager_calls"] == 0
     assert rows["baseline"]["re_edit_s"] > 0 and g["re_edit_s"] > 0
     text = speed_table(res)
-    assert "re_edit_s" in text and "cuda graphs: 1 captures, 7 replays, 0 eager calls" in text
+    assert "re_edit_s" in text and f"cuda graphs: {g['graphs']['captures']} captures" in text
 
 
 def test_bench_speed_row_on_a_cpu_says_why_it_cannot_run():
