@@ -220,6 +220,8 @@ def bench_speed(model="tiny", size=None, device=None, dtype=None, drag_steps=6, 
             row["max_dlatent_vs_first_row"] = float((lat - base_latent).abs().max())
             if opts.get("cuda_graph"):
                 row["graphs"] = graphs.stats(mm)
+            if dev.type == "cuda":   # what the allocator holds after the row, graph pools included (peaks count tensors)
+                row["reserved_mb"] = torch.cuda.memory_reserved() / 2**20
             if mm is not m:
                 del s, mm
         except Exception as e:  # noqa: BLE001 - a row that fails is reported, the others still run

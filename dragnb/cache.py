@@ -30,7 +30,7 @@ from . import ddim, graphs, lora
 from .config import DragConfig
 from .invalidation import fields_of
 from .store import BoundedStore
-from .unet import forward_features, unet_lock, using
+from .unet import forward_features, guided_unet_fn, unet_lock, using
 
 STORES = ("lora", "inversion", "features")
 COUNTER_OF = {"lora": "lora_trainings", "inversion": "inversions", "features": "feature_extractions"}
@@ -221,7 +221,7 @@ class SourceCache:
         try:
             state = lora.train_lora(m, z0, m.encode_prompt(spec.prompt), rank=c.lora_rank, steps=c.lora_steps,
                                     lr=c.lora_lr, batch_size=c.lora_batch_size, seed=spec.seed, callback=cb,
-                                    targets=c.lora_targets)
+                                    targets=c.lora_targets, unet_call=graphs.training_call(m))
         finally:
             bar.close()
         self.counters["lora_trainings"] += 1
@@ -259,8 +259,9 @@ class SourceCache:
                 callback("inversion", i, total)
         try:
             with using(m, weights.state):
-                lat = ddim.invert(graphs.unet_fn(m, m.encode_prompt(spec.prompt), c.guidance_scale), m.scheduler,
-                                  z0, n, steps, cb)
+                cond = m.encode_prompt(spec.prompt)
+                fn = graphs.replayed(m, guided_unet_fn(m, cond, c.guidance_scale), cond, c.guidance_scale)
+                lat = ddim.invert(fn, m.scheduler, z0, n, steps, cb)
         finally:
             bar.close()
         self.counters["inversions"] += 1

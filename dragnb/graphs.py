@@ -1,31 +1,33 @@
-"""CUDA graphs of the drag step's UNet call: `set_speed(model, cuda_graph=True)`.
+"""CUDA graphs of an edit's UNet calls: `set_speed(model, cuda_graph=True)`.
 
 At SD-1.5 size a drag step on an H100 is about 1.35 TFLOP of arithmetic (a few milliseconds) but took 150-180 ms
 in eager PyTorch, dragnb's and the official code's alike: the GPU waits for Python to launch some 1,200 UNet
 operations forward and more backward. A CUDA graph records those launches once and replays them as one.
 
-What is graphed: exactly the UNet call of `unet.forward_features` for the dragged latent, forward and backward
-(`torch.cuda.make_graphed_callables`): the UNet's output and the raw output of the feature block. The resize to
-the supervision grid, the DDIM step to x_{t-1}, point tracking and the losses run eagerly around it, so the
-numbers are the eager path's (the same kernels in the same order; cuDNN may pick other algorithms).
+What is graphed, each captured on first use and replayed after:
+* the drag step's UNet call (`drag_forward`), forward and backward (`torch.cuda.make_graphed_callables`): the
+  UNet's output and the raw output of the feature block. The resize to the supervision grid, the DDIM step to
+  x_{t-1}, point tracking and the losses run eagerly around it;
+* the LoRA fine-tune's UNet call (`training_call`), forward and backward into the trainable adapter weights; the
+  noise, the loss, the loss scaling and AdamW stay eager. Not when the fine-tune is checkpointed;
+* the calls without a gradient, the DDIM inversion and the final denoising with or without mutual
+  self-attention (`replayed`, forward only), one graph per timestep, batch shape, guidance and attention setting
+  (`context`: whether mutual self-attention is on at that step, from which layer).
+The numbers are the eager path's (the same kernels in the same order; cuDNN may pick other algorithms). With the
+LoRA and the inversion cached, a re-drag is graph replays and the eager arithmetic between them.
 
-A graph replays the memory it was recorded with, so one graph serves one combination of: timestep, feature
-block, latent shape, dtype, prompt embedding (its tensor) and the addresses of every UNet parameter. The last
-one makes it safe with the LoRA: `lora.applied` swaps each adapted weight's storage for the merged W + B·A (the
-same tensors as long as the LoRA state is the same), so another LoRA, no LoRA, a reloaded or moved UNet or a
-`channels_last` switch all give other addresses and a fresh capture; graphs of other addresses are dropped then.
-Methods that drag at several timesteps (GoodDrag) keep one graph each, in one memory pool (a graph's forward
-is always followed by its own backward before another graph runs, so they can share it).
+A graph replays the memory it was recorded with, so every key holds the addresses of all UNet parameters and of
+every other tensor it reads from outside (the prompt embeddings, which its entry keeps alive), besides the
+timestep, shapes and dtype. That makes it safe with the LoRA: `lora.applied` swaps each adapted weight's storage
+for the merged W + B·A (the same tensors as long as the LoRA state is the same), so another LoRA, no LoRA, a
+moved UNet or `channels_last` give other keys and fresh captures, and a graph is replayed only while the weights
+it read sit where it read them. All graphs of a UNet share one memory pool: a drag graph's forward is always
+followed by its own backward before another graph runs.
 
-The UNet calls without a gradient, the DDIM inversion and the final denoising (with mutual self-attention
-or without), are graphed too (`unet_fn`, forward only): one graph per timestep, batch shape, guidance and
-attention setting (`context`: whether mutual self-attention is on at that step, from which layer). With the
-LoRA and the inversion cached, a re-drag is then graph replays and the eager arithmetic between them.
-
-Not graphed: the reference features (computed once, cached), GoodDrag's one DDIM step between timesteps, the
-LoRA fine-tune, a UNet with gradient checkpointing on in the drag, or a compiled UNet (`set_speed` refuses
-those combinations). A capture that fails warns once, runs that call eagerly and is
-not tried again for the same key; `stats(model)` says how many captures, replays and failures there were.
+Not graphed: the reference features (computed once, cached), GoodDrag's one DDIM step between timesteps, a UNet
+with gradient checkpointing on in the drag, or a compiled UNet (`set_speed` refuses those combinations). A
+capture that fails warns once, runs that call eagerly and is not tried again for the same key; `stats(model)`
+says how many captures, replays and failures there were.
 """
 from __future__ import annotations
 
@@ -36,10 +38,8 @@ import torch
 
 from . import ddim
 from .features import capture_block_output, resize_features
-from .unet import forward_features as eager_forward_features
-from .unet import guided_unet_fn
 
-__all__ = ["forward_features", "unet_fn", "stats", "clear", "check_model", "MAX_GRAPHS"]
+__all__ = ["drag_forward", "replayed", "training_call", "stats", "clear", "check_model", "MAX_GRAPHS"]
 
 MAX_GRAPHS = 16
 """Drag-step graphs kept per UNet (GoodDrag drags at about 7 timesteps); the oldest goes first beyond it."""
@@ -51,10 +51,10 @@ class _Graphs:
     """The graphs of one UNet: key -> graphed callable (or the error of a failed capture), one memory pool."""
 
     def __init__(self):
-        self.entries: dict[tuple, object] = {}     # key -> (graphed fn, t tensor, cond) | Exception
+        self.entries: dict[tuple, object] = {}     # drag step: key -> (graphed fn, t tensor, cond) | Exception
+        self.lora: dict[tuple, object] = {}        # LoRA fine-tune step: key -> (graphed module,) | Exception
         self.no_grad: dict[tuple, object] = {}     # key -> (replay, static x, static output, t tensor, cond) | Exception
         self.pool = None
-        self.params: tuple = ()                    # the parameter addresses the entries were captured with
         self.captures = self.replays = self.eager_calls = 0
         self.failures: list[str] = []
 
@@ -117,18 +117,15 @@ def _capture(model, cond, latent, t: int, feature_block: int, g: _Graphs):
     return fn, t_dev, cond
 
 
-def _graphs_of(model) -> _Graphs:
-    """The UNet's graphs, emptied first when its parameters moved (another LoRA merged in, a moved UNet, channels_last):
-    a graph replays the memory it recorded, so graphs of other addresses would read stale weights."""
+def _graphs_of(model) -> tuple[_Graphs, tuple]:
+    """The UNet's graphs and the addresses of its parameters now. A graph replays the memory it recorded, so every key
+    holds the addresses it was captured with: another LoRA merged in, a moved UNet or channels_last give other keys
+    (and fresh captures), and a graph is replayed only while the weights it read sit where it read them. Keys also hold
+    every other tensor a graph reads from outside (the prompt embeddings), and the entries keep those alive."""
     g = _BY_UNET.get(model.unet)
     if g is None:
         g = _BY_UNET[model.unet] = _Graphs()
-    params = _param_addresses(model.unet)
-    if params != g.params:
-        g.entries.clear()
-        g.no_grad.clear()
-        g.params = params
-    return g
+    return g, _param_addresses(model.unet)
 
 
 def _lookup(g: _Graphs, table: dict, limit: int, key: tuple, what: str, capture):
@@ -151,45 +148,48 @@ def _lookup(g: _Graphs, table: dict, limit: int, key: tuple, what: str, capture)
 
 def _graphed(model, cond, latent, t: int, feature_block: int):
     """The graphed UNet call of the drag step for this key, capturing it first; None when capture failed for it."""
-    g = _graphs_of(model)
-    key = (int(t), int(feature_block), tuple(latent.shape), str(model.dtype), cond.data_ptr(), tuple(cond.shape))
+    g, params = _graphs_of(model)
+    key = (int(t), int(feature_block), tuple(latent.shape), str(model.dtype), cond.data_ptr(), tuple(cond.shape), params)
     hit = _lookup(g, g.entries, MAX_GRAPHS, key, f"the drag step at t={int(t)}",
                   lambda: _capture(model, cond, latent, int(t), feature_block, g))
     return None if hit is None else hit[0]
 
 
-def forward_features(model, cond, latent, t: int, n_steps: int, feature_block: int, grid_hw):
-    """`unet.forward_features` with the UNet call replayed from a CUDA graph: (features (1, C', gh, gw) float32 on
-    the supervision grid, x_{t-1} (1, C, h, w)). The caller holds `unet.using(model, lora_state)`."""
-    fn = _graphed(model, cond, latent, t, feature_block)
-    g = _BY_UNET[model.unet]
-    if fn is None:
-        g.eager_calls += 1
-        return eager_forward_features(model, cond, latent, t, n_steps, feature_block, grid_hw)
-    out, raw = fn(latent)           # static buffers, overwritten by the next replay: only new tensors leave here
-    g.replays += 1
-    return resize_features(raw, grid_hw), ddim.prev_step(model.scheduler, out, latent, t, n_steps)
+def drag_forward(model, cond, n_steps: int, feature_block: int, grid_hw, eager):
+    """The drag step's forward `(latent, t) -> (features (1, C', gh, gw) float32 on the supervision grid, x_{t-1})`
+    with the UNet call replayed from a CUDA graph; `eager` (the same function, `unet.forward_features` bound to these
+    arguments) runs where a capture failed. Called inside `unet.using(model, lora_state)`."""
+    def forward(latent, t):
+        fn = _graphed(model, cond, latent, t, feature_block)
+        g = _BY_UNET[model.unet]
+        if fn is None:
+            g.eager_calls += 1
+            return eager(latent, t)
+        out, raw = fn(latent)       # static buffers, overwritten by the next replay: only new tensors leave here
+        g.replays += 1
+        return resize_features(raw, grid_hw), ddim.prev_step(model.scheduler, out, latent, t, n_steps)
+    return forward
 
 
-def unet_fn(model, cond, guidance: float, context=None):
-    """`unet.guided_unet_fn(model, cond, guidance)`, replayed from CUDA graphs when the model's `cuda_graph` option is
-    on (else that function itself). For calls without a gradient (inversion, denoising): one graph per timestep,
-    batch shape and `context()` (a hashable the caller gives for what else shapes the call, e.g. whether mutual
-    self-attention is active at this step), captured on first use."""
-    fn = guided_unet_fn(model, cond, guidance)
+def replayed(model, fn, cond, guidance: float, context=None):
+    """`fn` (`unet.guided_unet_fn(model, cond, guidance)`: (x, t) -> UNet output, no gradient) replayed from CUDA
+    graphs when the model's `cuda_graph` option is on, else `fn` itself. One graph per timestep, batch shape and
+    `context()` (a hashable the caller gives for what else shapes the call, e.g. whether mutual self-attention is
+    active at this step), captured on first use; the inversion and the final denoising use it."""
     if not model.speed.get("cuda_graph"):
         return fn
 
     def call(x, t):
-        g = _graphs_of(model)
+        g, params = _graphs_of(model)
+        unc = model.encode_prompt("") if guidance != 1.0 else cond     # guidance reads the empty prompt's embeddings
         key = (int(t), tuple(x.shape), str(x.dtype), str(model.dtype), float(guidance), cond.data_ptr(),
-               tuple(cond.shape), None if context is None else context())
+               tuple(cond.shape), unc.data_ptr(), None if context is None else context(), params)
 
         def capture():
             static_x = x.detach().clone()
             t_dev = torch.tensor(int(t), dtype=torch.int64, device=x.device)
             replay, out = _graph_no_grad(lambda: fn(static_x, t_dev), g.pool if g.pool is not None else _new_pool(g))
-            return replay, static_x, out, t_dev, cond
+            return replay, static_x, out, t_dev, cond, unc
         hit = _lookup(g, g.no_grad, MAX_NO_GRAD_GRAPHS, key, f"a UNet call at t={int(t)}", capture)
         if hit is None:
             g.eager_calls += 1
@@ -202,20 +202,61 @@ def unet_fn(model, cond, guidance: float, context=None):
     return call
 
 
+class _TrainCall(torch.nn.Module):
+    """The LoRA fine-tune's UNet call as a module, for `make_graphed_callables` (which takes the gradients of a
+    module's trainable parameters): (noisy latents, timesteps, embeddings) -> prediction, under the model's autocast
+    without its weight cache, as `lora.train_lora` calls the UNet."""
+
+    def __init__(self, unet, dtype):
+        super().__init__()
+        self.unet, self.dtype = unet, dtype
+
+    def forward(self, noisy, t, emb):
+        with torch.autocast(noisy.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32,
+                            cache_enabled=False):
+            return self.unet(noisy.to(self.dtype), t, encoder_hidden_states=emb).sample
+
+
+def training_call(model):
+    """For `lora.train_lora(unet_call=...)`: `(noisy, t, emb) -> prediction`, forward and backward (into the trainable
+    LoRA weights) replayed from a CUDA graph; None when the model's `cuda_graph` option is off or the fine-tune is
+    checkpointed (then `train_lora` calls the UNet itself). One graph per batch shape, dtype and set of trainable
+    weights at their addresses (the adapter is reused between images, so is the graph)."""
+    if not model.speed.get("cuda_graph") or model.speed.get("gradient_checkpointing"):
+        return None
+
+    def call(noisy, t, emb):
+        g, params = _graphs_of(model)
+        trainable = tuple(i for i, p in enumerate(model.unet.parameters()) if p.requires_grad)
+        key = ("lora", tuple(noisy.shape), str(noisy.dtype), tuple(t.shape), tuple(emb.shape), str(emb.dtype),
+               str(model.dtype), trainable, params)
+
+        def capture():
+            module = _TrainCall(model.unet, model.dtype)
+            sample = (noisy.detach().clone(), t.detach().clone(), emb.detach().clone())
+            with torch.autocast(noisy.device.type, enabled=False):
+                return (_make_graphed(module, sample, g.pool if g.pool is not None else _new_pool(g)),)
+        hit = _lookup(g, g.lora, MAX_GRAPHS, key, "a LoRA fine-tune step", capture)
+        if hit is None:
+            g.eager_calls += 1
+            return _TrainCall(model.unet, model.dtype)(noisy, t, emb)
+        g.replays += 1
+        return hit[0](noisy, t, emb)   # a static buffer: train_lora only reads it into its loss before the next call
+    return call
+
+
 def _new_pool(g: _Graphs):
     g.pool = _pool()
     return g.pool
 
 
 def stats(model) -> dict:
-    """{"graphs": drag-step graphs kept, "no_grad_graphs": the others kept, "captures": n, "replays": n,
+    """{"drag_graphs", "lora_graphs", "no_grad_graphs": graphs kept of each kind, "captures": n, "replays": n,
     "eager_calls": n (after a failed capture), "failures": [...]}"""
-    g = _BY_UNET.get(model.unet)
-    if g is None:
-        return {"graphs": 0, "no_grad_graphs": 0, "captures": 0, "replays": 0, "eager_calls": 0, "failures": []}
-    return {"graphs": sum(not isinstance(v, Exception) for v in g.entries.values()),
-            "no_grad_graphs": sum(not isinstance(v, Exception) for v in g.no_grad.values()), "captures": g.captures,
-            "replays": g.replays, "eager_calls": g.eager_calls, "failures": list(g.failures)}
+    g = _BY_UNET.get(model.unet) or _Graphs()
+    kept = lambda table: sum(not isinstance(v, Exception) for v in table.values())  # noqa: E731
+    return {"drag_graphs": kept(g.entries), "lora_graphs": kept(g.lora), "no_grad_graphs": kept(g.no_grad),
+            "captures": g.captures, "replays": g.replays, "eager_calls": g.eager_calls, "failures": list(g.failures)}
 
 
 def clear(model) -> None:

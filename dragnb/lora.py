@@ -188,9 +188,10 @@ def infer_rank(state: dict) -> int:
 
 
 def train_lora(model, z0: torch.Tensor, cond: torch.Tensor, *, rank: int = 16, steps: int = 80, lr: float = 5e-4,
-               batch_size: int = 4, seed: int = 0, callback=None, targets: str = "attention") -> dict:
+               batch_size: int = 4, seed: int = 0, callback=None, targets: str = "attention", unet_call=None) -> dict:
     """Fine-tune LoRA adapters so the UNet reconstructs the clean latents z0 (1, C, h, w) (official recipe:
-    random timesteps, the scheduler's training target, MSE, AdamW). Returns the adapter state dict (CPU float32)."""
+    random timesteps, the scheduler's training target, MSE, AdamW). Returns the adapter state dict (CPU float32).
+    `unet_call(noisy, t, emb) -> prediction` replaces the UNet call (`graphs.training_call`: a CUDA graph)."""
     unet, sched = model.unet, model.scheduler
     gen = torch.Generator().manual_seed(seed)
     device = z0.device
@@ -220,9 +221,12 @@ def train_lora(model, z0: torch.Tensor, cond: torch.Tensor, *, rank: int = 16, s
                 kind = sched.config.prediction_type
                 target = (noise if kind == "epsilon" else sched.get_velocity(x0, noise, t) if kind == "v_prediction"
                           else x0)
-                with torch.autocast(device.type, dtype=model.dtype, enabled=model.dtype != torch.float32):
-                    emb = cond.expand(batch_size, *cond.shape[1:])
-                    pred = unet(noisy.to(model.dtype), t, encoder_hidden_states=emb).sample
+                emb = cond.expand(batch_size, *cond.shape[1:])
+                if unet_call is not None:
+                    pred = unet_call(noisy, t, emb)
+                else:
+                    with torch.autocast(device.type, dtype=model.dtype, enabled=model.dtype != torch.float32):
+                        pred = unet(noisy.to(model.dtype), t, encoder_hidden_states=emb).sample
                 loss = F.mse_loss(pred.float(), target.float())
                 opt.zero_grad(set_to_none=True)
                 scaled_step(scaler, loss, opt)

@@ -21,10 +21,12 @@ each one on the drag step, the LoRA fine-tune and the denoising, and benchmarks/
   self-attention always runs eagerly (`dragnb.attention` changes the attention processors at every step,
   which would recompile). Compilation cannot be undone on a loaded model: ``compile=False`` afterwards is
   refused; load the model again instead.
-* ``cuda_graph``: the drag step's UNet call, forward and backward, recorded once as CUDA graphs and replayed
-  (`dragnb.graphs`): the launch overhead of some 1,200 operations a pass goes. A CUDA model only; not with
-  ``compile`` or with ``gradient_checkpointing=True`` (``"lora"`` is fine). The first step at each timestep pays
-  the capture (three eager warm-up passes and the recording); the numbers are the eager path's.
+* ``cuda_graph``: every UNet call of an edit recorded once as a CUDA graph and replayed (`dragnb.graphs`): the
+  LoRA fine-tune's step and the drag step (forward and backward), the inversion's and the final denoising's
+  calls (forward): the launch overhead of some 1,200 operations a pass goes. A CUDA model only; not with
+  ``compile`` or with ``gradient_checkpointing=True`` (``"lora"`` is accepted and leaves the fine-tune eager). The
+  first call of each kind, timestep and shape pays the capture (warm-up passes and the recording); the numbers
+  are the eager path's.
 
 The options live on the model (``model.speed``), so every session using that model shares them.
 """

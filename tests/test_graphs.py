@@ -67,40 +67,53 @@ class Emulation:
         return (lambda: out.copy_(self._with(recorded, run))), out
 
     def __call__(self, fn, sample_args, pool):
+        """`graphs._make_graphed` (torch.cuda.make_graphed_callables): static inputs and outputs; the backward writes
+        the gradients of the inputs and, for a module, of its trainable parameters into static buffers."""
         if self.fail:
             raise RuntimeError("operation not permitted when stream is capturing")
         self.captures += 1
-        (sample,) = sample_args
-        for _ in range(3):                                   # the warm-up passes
-            outs = fn(sample)
-            torch.autograd.grad(outs, sample, [torch.ones_like(o) for o in outs])
-        static_in = sample.detach().clone()
-        static_out = [o.detach().clone() for o in fn(sample)]
-        static_grad = torch.zeros_like(sample)
-        live = {}
-        recorded = self._recorded()
+        n_user = len(sample_args)
+        params = tuple(fn.parameters()) if isinstance(fn, torch.nn.Module) else ()
+        surface = tuple(sample_args) + params
+        wants = [i for i, x in enumerate(surface) if x.requires_grad]
 
-        def run(zi):
-            return self._with(recorded, fn, zi)
+        def outputs(*args):
+            o = fn(*args)
+            return (o,) if isinstance(o, torch.Tensor) else tuple(o)
+        for _ in range(3):                                   # the warm-up passes
+            outs = outputs(*sample_args)
+            torch.autograd.grad(outs, [surface[i] for i in wants], [torch.ones_like(o) for o in outs])
+        single = isinstance(fn(*sample_args), torch.Tensor)
+        static_in = [a.detach().clone() for a in sample_args]
+        static_out = [o.detach().clone() for o in outputs(*sample_args)]
+        static_grad = {i: torch.zeros_like(surface[i]) for i in wants}
+        recorded = self._recorded()
+        live = {}
 
         class Graphed(torch.autograd.Function):
             @staticmethod
-            def forward(ctx, z):
-                static_in.copy_(z)
+            def forward(ctx, *inputs):
+                for s_, x in zip(static_in, inputs[:n_user]):
+                    s_.copy_(x)
                 with torch.enable_grad():
-                    zi = static_in.detach().requires_grad_(True)
-                    live["z"], live["outs"] = zi, run(zi)
-                for s, o in zip(static_out, live["outs"]):
-                    s.copy_(o.detach())
-                return tuple(s.detach() for s in static_out)
+                    zi = [s_.detach().requires_grad_(a.requires_grad) for s_, a in zip(static_in, sample_args)]
+                    live["targets"] = [(zi + list(params))[i] for i in wants]
+                    live["outs"] = self._with(recorded, outputs, *zi)
+                for s_, o in zip(static_out, live["outs"]):
+                    s_.copy_(o.detach())
+                return tuple(s_.detach() for s_ in static_out)
 
             @staticmethod
             def backward(ctx, *grads):
-                (g,) = torch.autograd.grad(live["outs"], live["z"], grads)
-                static_grad.copy_(g)
-                return static_grad.detach()
+                gs = torch.autograd.grad(live["outs"], live["targets"], grads)
+                for i, gr in zip(wants, gs):
+                    static_grad[i].copy_(gr)
+                return tuple(static_grad[i].detach() if i in static_grad else None for i in range(len(surface)))
 
-        return lambda z: Graphed.apply(z)
+        def graphed(*args):
+            out = Graphed.apply(*(tuple(args) + params))
+            return out[0] if single else out
+        return graphed
 
 
 @pytest.fixture
@@ -138,12 +151,14 @@ def test_graphed_steps_equal_eager_steps(emulated, method, steps):
     assert recs1 == recs0 and torch.equal(lat1, lat0)
     st = graphs.stats(m)
     timesteps = {t for _, _, t in recs1}
-    assert emulated.captures == len(timesteps) and st["graphs"] == len(timesteps)
+    assert st["drag_graphs"] == len(timesteps) and st["lora_graphs"] == 1            # and the LoRA fine-tune's
+    assert emulated.captures == len(timesteps) + 1
     if method == "gooddrag":
         assert len(timesteps) >= 2                 # one graph per timestep the method drags at
     inversion = st["no_grad_graphs"]               # the inversion's calls were graphed too
     assert inversion == emulated.no_grad_captures == s.config.drag_step_index
-    assert st["replays"] == steps + inversion and st["failures"] == [] and st["eager_calls"] == 0
+    lora_steps = s.config.lora_steps
+    assert st["replays"] == lora_steps + steps + inversion and st["failures"] == [] and st["eager_calls"] == 0
     # the final denoising (mutual self-attention) in graphs: the same image; a second render only replays
     assert np.array_equal(np.asarray(s.result()), np.asarray(_edit(tiny_model(seed=0), method, steps, **cfg)[0].result()))
     n = emulated.no_grad_captures
@@ -180,17 +195,19 @@ def test_rewind_and_a_new_lora_or_prompt_recapture_and_stay_exact(emulated):
     a.rewind(3); b.rewind(3)
     a.step(2); b.step(2)
     assert torch.equal(a.current_latent(), b.current_latent()) and a.handles == b.handles
-    assert emulated.captures == 1
+    assert emulated.captures == 2                         # the LoRA fine-tune's step and the drag step
     for s in (a, b):                                      # another LoRA: the merged weights live elsewhere
         s.configure(lora_steps=3)
         s.step(2)
     assert torch.equal(a.current_latent(), b.current_latent())
-    assert emulated.captures == 2 and graphs.stats(m)["graphs"] == 1    # the stale graphs were dropped
-    for s in (a, b):                                      # another prompt: another embedding tensor
+    assert emulated.captures == 3        # the fine-tune's graph replayed; the first LoRA's drag graph kept (its addresses)
+    for s in (a, b):                                      # back to the first LoRA (merged again), then a new prompt
+        s.configure(lora_steps=2)
+        s.step(2)
         s.prompt = "a yellow disc"
         s.step(2)
-    assert torch.equal(a.current_latent(), b.current_latent())
-    assert emulated.captures >= 3
+    assert torch.equal(a.current_latent(), b.current_latent()) and a.handles == b.handles
+    assert emulated.captures >= 4 and graphs.stats(m)["eager_calls"] == 0
 
 
 def test_a_failed_capture_warns_once_and_the_edit_goes_on_eagerly(monkeypatch):
@@ -208,8 +225,9 @@ def test_a_failed_capture_warns_once_and_the_edit_goes_on_eagerly(monkeypatch):
     assert recs1 == recs0 and torch.equal(lat1, lat0)
     assert sum("CUDA graph capture of the drag step" in str(x.message) for x in w) == 1   # once for its key
     st = graphs.stats(m)
-    inversion = m.default_config(**FAST).drag_step_index
-    assert st["captures"] == 0 and st["eager_calls"] == 4 + inversion and len(st["failures"]) == 1 + inversion
+    inversion, lora_steps = m.default_config(**FAST).drag_step_index, FAST["lora_steps"]
+    assert st["captures"] == 0 and st["eager_calls"] == lora_steps + 4 + inversion
+    assert len(st["failures"]) == 1 + 1 + inversion                 # each key once: the fine-tune, the drag, inversion
     assert all("operation not permitted" in f for f in st["failures"])
 
 
@@ -230,7 +248,7 @@ def test_set_speed_refuses_cuda_graph_on_a_cpu_model_and_with_compile_or_checkpo
     with pytest.raises(TypeError, match="cuda_graph='yes'"):
         set_speed(m, cuda_graph="yes")
     set_speed(m, cuda_graph=False)
-    assert graphs.stats(m)["graphs"] == 0
+    assert graphs.stats(m)["drag_graphs"] == 0
 
 
 def test_the_command_line_word():
@@ -246,7 +264,8 @@ def test_bench_speed_row(emulated):
     assert all("error" not in r for r in rows.values()), rows
     g = rows["cuda graphs"]
     assert g["speed"]["cuda_graph"] and not rows["baseline"]["speed"]["cuda_graph"]
-    assert g["max_dlatent_vs_first_row"] == 0 and g["graphs"]["graphs"] == 1 and g["graphs"]["no_grad_graphs"] > 1
+    assert g["max_dlatent_vs_first_row"] == 0 and g["graphs"]["drag_graphs"] == 1 and g["graphs"]["lora_graphs"] == 1
+    assert g["graphs"]["no_grad_graphs"] > 1
     assert g["re_edit_steps"] == 4 and g["graphs"]["eager_calls"] == 0
     assert rows["baseline"]["re_edit_s"] > 0 and g["re_edit_s"] > 0
     text = speed_table(res)
