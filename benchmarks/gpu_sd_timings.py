@@ -47,13 +47,29 @@ def _free():
         torch.cuda.reset_peak_memory_stats()
 
 
+def _warm_up(m, size: int) -> float:
+    """A short eager dragnb edit (2 LoRA and 2 drag steps, 10 DDIM steps) on `m`, so that neither code's stages in
+    part 2 pay CUDA's and cuDNN's first calls (when part 1 did not run before). Eager even with cuda_graph set:
+    the graphs part 2 times are captured in part 2. Returns its seconds."""
+    from dragnb.bench import bench_session
+    from dragnb.speed import set_speed
+    t0 = time.perf_counter()
+    before = set_speed(m, cuda_graph=False)
+    s = bench_session(m, size, m.default_config(lora_steps=2, drag_steps=2, n_inference_steps=10))
+    s.prepare(progress=False)
+    s.step(2)
+    s.result()
+    set_speed(m, cuda_graph=before["cuda_graph"])
+    return time.perf_counter() - t0
+
+
 def table(res: dict) -> str:
     lines = [f"dragnb SD-size timings: {res.get('setup')}", ""]
     b = res.get("bench_stages")
     if isinstance(b, dict) and "lora_s" in b:
         lines += ["dragnb.bench.bench_stages", f"{'stage':30s} {'seconds':>9s} {'peak MiB':>9s}"]
         for k, m in (("lora_s", "lora_peak_mb"), ("inversion_and_features_s", "invert_peak_mb"),
-                     ("drag_step_s", "drag_peak_mb"), ("denoise_s", "denoise_peak_mb"), ("whole_edit_s", None),
+                     ("first_drag_step_s", None), ("drag_step_s", "drag_peak_mb"), ("denoise_s", "denoise_peak_mb"), ("whole_edit_s", None),
                      ("re_edit_cached_s", None), ("re_edit_naive_s", None), ("speedup_cached_vs_naive", None)):
             if k in b:
                 mem = f"{b[m]:9.0f}" if m and m in b else " " * 9
@@ -64,13 +80,20 @@ def table(res: dict) -> str:
     c = res.get("side_by_side")
     if isinstance(c, dict) and "rows" in c:
         lines += ["side by side (same model, image, drag, mask, seed; stage times include the first-call warm-up of "
-                  "neither: part 1 ran first)",
+                  "neither: part 1 or a short eager edit ran first"
+                  + ("; dragnb with " + ", ".join(k for k, v in res["setup"].get("speed", {}).items() if v)
+                     + ", its captures counted in its stages" if res["setup"].get("speed") else "") + ")",
                   f"{'stage':22s} {'dragnb s':>9s} {'official s':>10s} {'ratio':>6s} {'dragnb MiB':>10s} "
                   f"{'official MiB':>12s}"]
         for r in c["rows"]:
             f = lambda v, w, p: (f"{v:{w}.{p}f}" if isinstance(v, (int, float)) else f"{'n/a':>{w}s}")  # noqa: E731
             lines.append(f"{r['stage']:22s} {f(r['dragnb_s'], 9, 3)} {f(r['official_s'], 10, 3)} "
                          f"{f(r['ratio'], 6, 2)} {f(r['dragnb_peak_mb'], 10, 0)} {f(r['official_peak_mb'], 12, 0)}")
+        if c.get("graphs"):
+            g = c["graphs"]
+            lines += ["", f"dragnb with CUDA graphs: {g['captures']} captures, {g['replays']} replays, "
+                          f"{g['eager_calls']} eager calls" + (f"; failures: {'; '.join(g['failures'])}"
+                                                                 if g["failures"] else "")]
         if c.get("noise_floor_line"):
             lines += ["", c["noise_floor_line"]]
         lines += ["", c.get("parity_line", "")]
@@ -135,12 +158,17 @@ def main(argv=None):
     p.add_argument("--re-edit-steps", type=int, default=0,
                    help="part 3: each row also times a re-drag of this many steps on the cached LoRA and inversion "
                         "(80: the '2-s re-drag' figure); default 0, none")
+    p.add_argument("--speed", default=None, metavar="OPTIONS",
+                   help="dragnb.set_speed options for parts 1 and 2, as the CLI's --speed words (e.g. cuda_graph); "
+                        "part 3 measures each option on its own anyway")
     p.add_argument("--no-official", action="store_true",
                    help="skip part 2 even when .official/ exists (the shell wrapper passes --official by default)")
     p.add_argument("--deadline-s", type=float, default=450.0,
                    help="part 3 starts no row likely to end later than this many seconds after the start (default "
                         "450; the shell wrapper's cap is 480)")
     a = p.parse_args(argv)
+    from dragnb.speed import parse_words, set_speed
+    speed = parse_words(a.speed) if a.speed else {}
     import warnings
     warnings.filterwarnings("ignore")
     q = a.quick
@@ -155,7 +183,7 @@ def main(argv=None):
     if device == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = False  # the figures are for float16 work; keep float32 parts exact
     res = dict(setup=dict(model=model, device=device, dtype=dtype, size=size, drag_steps=drag_steps,
-                          lora_steps=lora_steps, torch=torch.__version__,
+                          lora_steps=lora_steps, torch=torch.__version__, speed=speed,
                           gpu=torch.cuda.get_device_name() if device == "cuda" else None))
     try:
         import diffusers
@@ -179,7 +207,8 @@ def main(argv=None):
         t0 = time.perf_counter()
         try:
             res["bench_stages"] = bench_stages(model=model, size=size, device=device, dtype=torch_dtype,
-                                               drag_steps=drag_steps, lora_steps=lora_steps, repeats=1)
+                                               drag_steps=drag_steps, lora_steps=lora_steps, repeats=1,
+                                               speed=speed)
         except Exception as e:  # noqa: BLE001 - record and go on to part 2
             traceback.print_exc()
             res["bench_stages"] = f"{type(e).__name__}: {e}"
@@ -193,6 +222,10 @@ def main(argv=None):
             off = po.load_official(a.official)
             res["official_commit"] = off.commit
             m = po.build_model(model, device, torch_dtype)
+            if speed:
+                set_speed(m, **speed)
+            if a.skip_bench:
+                res["warm_up_s"] = _warm_up(m, size)
             pa = argparse.Namespace(size=size, steps=drag_steps, lora_steps=lora_steps, prompt="a photo of a red ball",
                                     seed=0)
             pr = po.parity_sd(off, m, pa)
@@ -206,6 +239,9 @@ def main(argv=None):
                                                                  "noise_floor_handles_equal")}
                           for r in pr["per_step"]],
                 parity_line=po.parity_line(sm), noise_floor_line=po.noise_floor_line(sm))
+            if m.speed.get("cuda_graph"):
+                from dragnb import graphs
+                res["side_by_side"]["graphs"] = graphs.stats(m)
             del m
         except Exception as e:  # noqa: BLE001
             traceback.print_exc()

@@ -57,6 +57,7 @@ class _Graphs:
         self.pool = None
         self.captures = self.replays = self.eager_calls = 0
         self.failures: list[str] = []
+        self.warm: set = set()                     # call families captured once already (see `_warmups`)
 
 
 _BY_UNET: "weakref.WeakKeyDictionary[object, _Graphs]" = weakref.WeakKeyDictionary()
@@ -73,18 +74,18 @@ def _pool():
     return torch.cuda.graph_pool_handle()
 
 
-def _make_graphed(fn, sample_args: tuple, pool):
+def _make_graphed(fn, sample_args: tuple, pool, warmup: int = 3):
     """torch's graph capture (a seam: the tests put an emulation with the same static-buffer semantics here)."""
-    return torch.cuda.make_graphed_callables(fn, sample_args, pool=pool)
+    return torch.cuda.make_graphed_callables(fn, sample_args, num_warmup_iters=warmup, pool=pool)
 
 
-def _graph_no_grad(run, pool):
-    """Capture `run()` (no gradient; it reads only static inputs) as a CUDA graph after two warm-up calls on a side
+def _graph_no_grad(run, pool, warmup: int = 2):
+    """Capture `run()` (no gradient; it reads only static inputs) as a CUDA graph after `warmup` eager calls on a side
     stream, as torch's documentation does. Returns (replay, static output). A seam, as `_make_graphed`."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
-        for _ in range(2):
+        for _ in range(warmup):
             run()
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
@@ -113,7 +114,8 @@ def _capture(model, cond, latent, t: int, feature_block: int, g: _Graphs):
         _new_pool(g)
     sample = latent.detach().clone().requires_grad_(True)
     with torch.autocast(latent.device.type, enabled=False):   # the session's own autocast caches weights
-        fn = _make_graphed(unet_call, (sample,), g.pool)
+        fn = _make_graphed(unet_call, (sample,), g.pool,
+                           _warmups(g, ("drag", feature_block, tuple(latent.shape), str(dtype)), 3, 1))
     return fn, t_dev, cond
 
 
@@ -126,6 +128,16 @@ def _graphs_of(model) -> tuple[_Graphs, tuple]:
     if g is None:
         g = _BY_UNET[model.unet] = _Graphs()
     return g, _param_addresses(model.unet)
+
+
+def _warmups(g: _Graphs, family: tuple, first: int, later: int) -> int:
+    """Warm-up calls before a capture: `first` for the first graph of a family (same call but for the timestep and
+    the weights' addresses: cuDNN's choices and CUDA's lazy loading happen there), `later` after. Capturing records
+    and does not compute, so a new timestep of a known family costs about one eager call, not three."""
+    if family in g.warm:
+        return later
+    g.warm.add(family)
+    return first
 
 
 def _lookup(g: _Graphs, table: dict, limit: int, key: tuple, what: str, capture):
@@ -188,7 +200,8 @@ def replayed(model, fn, cond, guidance: float, context=None):
         def capture():
             static_x = x.detach().clone()
             t_dev = torch.tensor(int(t), dtype=torch.int64, device=x.device)
-            replay, out = _graph_no_grad(lambda: fn(static_x, t_dev), g.pool if g.pool is not None else _new_pool(g))
+            replay, out = _graph_no_grad(lambda: fn(static_x, t_dev), g.pool if g.pool is not None else _new_pool(g),
+                                         _warmups(g, ("no_grad",) + key[1:-1], 2, 0))   # all but t and addresses
             return replay, static_x, out, t_dev, cond, unc
         hit = _lookup(g, g.no_grad, MAX_NO_GRAD_GRAPHS, key, f"a UNet call at t={int(t)}", capture)
         if hit is None:
@@ -235,7 +248,8 @@ def training_call(model):
             module = _TrainCall(model.unet, model.dtype)
             sample = (noisy.detach().clone(), t.detach().clone(), emb.detach().clone())
             with torch.autocast(noisy.device.type, enabled=False):
-                return (_make_graphed(module, sample, g.pool if g.pool is not None else _new_pool(g)),)
+                return (_make_graphed(module, sample, g.pool if g.pool is not None else _new_pool(g),
+                                      _warmups(g, key[:-1], 3, 1)),)
         hit = _lookup(g, g.lora, MAX_GRAPHS, key, "a LoRA fine-tune step", capture)
         if hit is None:
             g.eager_calls += 1

@@ -25,6 +25,7 @@ class Emulation:
 
     def __init__(self, fail=False, unet=None):
         self.captures, self.no_grad_captures, self.fail, self.unet = 0, 0, fail, unet
+        self.warmups = []
 
     def _recorded(self):
         """What a graph freezes at capture: the weights' memory and the Python branches taken, here the
@@ -56,17 +57,18 @@ class Emulation:
                     pr.control.step = step
                 m.processor = cur
 
-    def no_grad(self, run, pool):
-        """`graphs._graph_no_grad`: two warm-up calls, then one static output that every replay overwrites."""
+    def no_grad(self, run, pool, warmup=2):
+        """`graphs._graph_no_grad`: warm-up calls, then one static output that every replay overwrites."""
         if self.fail:
             raise RuntimeError("operation not permitted when stream is capturing")
         self.no_grad_captures += 1
-        for _ in range(2):
+        self.warmups.append(warmup)
+        for _ in range(warmup):
             run()
         out, recorded = run(), self._recorded()
         return (lambda: out.copy_(self._with(recorded, run))), out
 
-    def __call__(self, fn, sample_args, pool):
+    def __call__(self, fn, sample_args, pool, warmup=3):
         """`graphs._make_graphed` (torch.cuda.make_graphed_callables): static inputs and outputs; the backward writes
         the gradients of the inputs and, for a module, of its trainable parameters into static buffers."""
         if self.fail:
@@ -80,7 +82,8 @@ class Emulation:
         def outputs(*args):
             o = fn(*args)
             return (o,) if isinstance(o, torch.Tensor) else tuple(o)
-        for _ in range(3):                                   # the warm-up passes
+        self.warmups.append(warmup)
+        for _ in range(warmup):                              # the warm-up passes
             outs = outputs(*sample_args)
             torch.autograd.grad(outs, [surface[i] for i in wants], [torch.ones_like(o) for o in outs])
         single = isinstance(fn(*sample_args), torch.Tensor)
@@ -167,6 +170,11 @@ def test_graphed_steps_equal_eager_steps(emulated, method, steps):
         before = graphs.stats(m)["replays"]
         s.render_latent(s.current_latent())
         assert emulated.no_grad_captures == n and graphs.stats(m)["replays"] > before
+    # warm-up calls only for the first graph of a kind of call: a new timestep is captured straight away
+    w = emulated.warmups
+    assert w.count(3) == 2 and w.count(1) == len(timesteps) - 1          # the fine-tune's and the drag's first
+    families = 2 if method == "dragdiffusion" else 3     # inversion, denoising (GoodDrag: before and after mutual attn)
+    assert w.count(2) == families and w.count(0) == emulated.no_grad_captures - families
 
 
 def test_mutual_attention_from_a_later_step_is_another_graph(emulated):
@@ -278,3 +286,26 @@ def test_bench_speed_row_on_a_cpu_says_why_it_cannot_run():
                       verbose=False)
     assert "needs a model on a CUDA device" in res["rows"][0]["error"] and "error" not in res["rows"][1]
     assert "cuda graphs" in speed_table(res) and "failed" in speed_table(res)
+
+
+def test_the_prepared_gpu_call_with_cuda_graphs_on_the_cpu(emulated, tmp_path):
+    """benchmarks/gpu_sd_timings.py as the GPU session runs it (--speed cuda_graph, the two speed rows with a
+    re-drag), on the tiny model with the emulation: every stage graphed, nothing eager, the table says so."""
+    import importlib.util
+    import json
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_sd_timings.py"
+    spec = importlib.util.spec_from_file_location("gpu_sd_timings_under_test", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    mod.main([str(tmp_path), "--quick", "--speed", "cuda_graph", "--speed-variants", "baseline,cuda graphs",
+              "--re-edit-steps", "3", "--no-official", "--lora-steps", "2"])
+    res = json.loads((tmp_path / "gpu_sd_timings.json").read_text())
+    b = res["bench_stages"]
+    assert res["setup"]["speed"] == {"cuda_graph": True} and b["speed"]["cuda_graph"]
+    assert b["graphs"]["eager_calls"] == 0 and b["graphs"]["drag_graphs"] >= 1 and b["graphs"]["lora_graphs"] == 1
+    assert b["first_drag_step_s"] > 0 and b["whole_edit_s"] > b["lora_s"]
+    rows = {r["variant"]: r for r in res["speed"]["rows"]}
+    assert all("error" not in r for r in rows.values()) and rows["cuda graphs"]["re_edit_steps"] == 3
+    text = (tmp_path / "gpu_sd_timings.txt").read_text()
+    assert "first_drag_step_s" in text and "cuda graphs:" in text and "re_edit_s" in text
