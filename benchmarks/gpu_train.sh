@@ -9,6 +9,7 @@
 # cut to fit DEADLINE_S (default 570 s after the start). Settings by environment variable (defaults in brackets):
 #   ARCH [f2l4]  BATCH [256]  LR [3e-4]  WARMUP [500]  MIN_SNR [5]  T_FOCUS [700]  T_FOCUS_PROB [0.3]
 #   SEED [0]  TRAIN_ARGS [] (more dragnb.demo.train options, e.g. "--compile")  QUALITY_N [32] (0: skip)
+#   CUDA_GRAPH [1: --cuda-graph when CUDA is there; 0: eager steps]
 #   QUALITY_WORKERS [8]  QUALITY_THREADS [2 x workers]  QUALITY_ARGS []  DEADLINE_S [570]  DEVICE [cuda if available]  THREADS [8]
 # The quality subset (benchmarks/bench_quality.py, the full method on QUALITY_N held-out cases) runs on the
 # machine's CPU cores in float32, as a laptop would run the model, in QUALITY_WORKERS processes.
@@ -85,11 +86,16 @@ EOF
 
 # 2. training inside the budget (checkpoints every 2 minutes, so a crash still leaves a model)
 DEV_ARGS=(); [ -n "${DEVICE:-}" ] && DEV_ARGS=(--device "$DEVICE")
+GRAPH_ARGS=()   # the whole update replayed from one CUDA graph (dragnb.demo.stepping.GraphedStep), on a GPU
+if [ "${CUDA_GRAPH:-1}" = 1 ] && [ "${DEVICE:-cuda}" != cpu ] \
+        && $PY -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
+    GRAPH_ARGS=(--cuda-graph)
+fi
 $PY -m dragnb.demo.train --out "$WORK/weights" --figures "$WORK/figures" --minutes "$MINUTES" \
     --arch "${ARCH:-f2l4}" --batch "${BATCH:-256}" --lr "${LR:-3e-4}" --warmup "${WARMUP:-500}" \
     --min-snr "${MIN_SNR:-5}" --t-focus "${T_FOCUS:-700}" --t-focus-prob "${T_FOCUS_PROB:-0.3}" \
     --seed "${SEED:-0}" --data torch --precision bf16 --ckpt-minutes 2 --threads "${THREADS:-8}" --log-every 200 \
-    "${DEV_ARGS[@]}" ${TRAIN_ARGS:-} 2>&1 | tee "$LOG/train.log"
+    "${DEV_ARGS[@]}" "${GRAPH_ARGS[@]}" ${TRAIN_ARGS:-} 2>&1 | tee "$LOG/train.log"
 echo "gpu_train: training done after $(( $(date +%s) - START )) s (exit ${PIPESTATUS[0]})"
 pack || exit 1
 

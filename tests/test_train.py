@@ -88,6 +88,7 @@ def test_gpu_train_script_smoke_on_cpu(tmp_path):
     assert all(len(p.relative_to(out).parts) <= 3 for p in files)        # $OUT/a/b/file at most
     summary = json.loads((out / "summary.json").read_text())
     assert summary["factor"] == 2 and summary["training"]["arch"] == "tiny" and "quality" in summary
+    assert summary["training"]["cuda_graph"] is False                        # DEVICE=cpu: eager steps
     r = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_train.sh"), "--unpack", str(out), str(tmp_path / "w")],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -97,7 +98,7 @@ def test_gpu_train_script_smoke_on_cpu(tmp_path):
 
 
 def test_step_split_counts_data_and_model_time_per_finished_step():
-    from dragnb.demo.train import StepSplit
+    from dragnb.demo.stepping import StepSplit
     sp = StepSplit(torch.device("cpu"))
     for _ in range(3):
         sp.start()
@@ -113,3 +114,42 @@ def test_step_split_counts_data_and_model_time_per_finished_step():
     tot = sp.totals()
     assert abs(tot["s_per_step_data"] - d) < 1e-4 and abs(tot["s_per_step_model"] - m) < 1e-4
 
+
+
+def _emulated_capture(fn, zero_grad):
+    """`stepping._capture` without CUDA: capturing computes nothing; each replay runs `fn` on gradients set to None
+    (the captured backward writes them) and writes its outputs into the same tensors (a graph's static outputs)."""
+    outs = (torch.zeros(()), torch.zeros(()))
+
+    def replay():
+        zero_grad()
+        for o, r in zip(outs, fn()):
+            o.copy_(r.detach())
+    return replay, outs
+
+
+def test_cuda_graph_training_equals_the_eager_run_and_reports(tmp_path, monkeypatch):
+    """--cuda-graph (the whole update captured after 3 eager steps, replayed after) on the CPU with an emulated
+    capture: the same losses and EMA weights as the eager run, the replays counted in the record; a capture that
+    fails leaves training eager and says why; --compile with it and a CPU device without the seam are refused."""
+    from dragnb.demo import stepping, train
+    from dragnb.demo.model import load_unet
+    monkeypatch.setattr(train, "_GRAPHS_ON_CPU", True)
+    monkeypatch.setattr(stepping, "_capture", _emulated_capture)
+    eager = train.main(_tiny_args(tmp_path / "e", "--steps", "9", "--figures", "none"))
+    graph = train.main(_tiny_args(tmp_path / "g", "--steps", "9", "--figures", "none", "--cuda-graph"))
+    assert graph["cuda_graph"] and graph["graph_replays"] == 9 - 3 and graph["graph_failure"] is None
+    assert graph["steps"] == eager["steps"] == 9 and abs(graph["final_loss"] - eager["final_loss"]) < 1e-5
+    a, b = load_unet(tmp_path / "e" / "w" / "unet").state_dict(), load_unet(tmp_path / "g" / "w" / "unet").state_dict()
+    assert max(float((a[k].float() - b[k].float()).abs().max()) for k in a) < 1e-4
+
+    def broken(fn, zero_grad):
+        raise RuntimeError("operation not permitted when stream is capturing")
+    monkeypatch.setattr(stepping, "_capture", broken)
+    failed = train.main(_tiny_args(tmp_path / "f", "--steps", "6", "--figures", "none", "--cuda-graph"))
+    assert failed["steps"] == 6 and failed["graph_replays"] == 0 and "not permitted" in failed["graph_failure"]
+    with pytest.raises(ValueError, match="use one of the two"):
+        train.main(_tiny_args(tmp_path / "x", "--steps", "2", "--cuda-graph", "--compile"))
+    monkeypatch.setattr(train, "_GRAPHS_ON_CPU", False)
+    with pytest.raises(ValueError, match="--cuda-graph needs a CUDA device, not cpu"):
+        train.main(_tiny_args(tmp_path / "y", "--steps", "2", "--cuda-graph"))

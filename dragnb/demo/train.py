@@ -36,6 +36,7 @@ import torch
 
 from dragnb import ddim
 from dragnb.demo import model as M
+from dragnb.demo.stepping import GraphedStep, StepSplit
 from dragnb.demo.world import random_batch, random_scene, render
 from dragnb.metrics import psnr
 
@@ -154,56 +155,6 @@ def make_figures(unet, emb, losses, fig_dir: Path, device, seed: int = 0, factor
 # the run
 
 
-class StepSplit:
-    """Where the training steps' time goes: the data (scenes drawn, encoded and noised) against the model (forward,
-    backward, optimiser, EMA). On a GPU it reads CUDA events, which add no synchronisation until `read()`; on a CPU,
-    the clock. A step that is skipped (non-finite loss) is not counted."""
-
-    def __init__(self, device: torch.device):
-        self.cuda = device.type == "cuda"
-        self.pending: list = []          # [start, after the data, end] marks of the steps since the last read
-        self.data_s = self.model_s = 0.0
-        self.steps = 0
-        self._cur: list = []
-
-    def _mark(self):
-        if self.cuda:
-            e = torch.cuda.Event(enable_timing=True)
-            e.record()
-            return e
-        return time.perf_counter()
-
-    def start(self) -> None:
-        self._cur = [self._mark()]
-
-    def data_done(self) -> None:
-        self._cur.append(self._mark())
-
-    def step_done(self) -> None:
-        self._cur.append(self._mark())
-        self.pending.append(self._cur)
-
-    def read(self) -> tuple[float, float] | None:
-        """(data, model) seconds a step over the steps since the last read (None when there were none)."""
-        if not self.pending:
-            return None
-        if self.cuda:
-            self.pending[-1][2].synchronize()
-        d = m = 0.0
-        for a, b, c in self.pending:
-            d += a.elapsed_time(b) / 1e3 if self.cuda else b - a
-            m += b.elapsed_time(c) / 1e3 if self.cuda else c - b
-        n = len(self.pending)
-        self.pending = []
-        self.data_s, self.model_s, self.steps = self.data_s + d, self.model_s + m, self.steps + n
-        return d / n, m / n
-
-    def totals(self) -> dict:
-        self.read()
-        n = max(1, self.steps)
-        return {"s_per_step_data": round(self.data_s / n, 5), "s_per_step_model": round(self.model_s / n, 5)}
-
-
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="dragnb/demo/weights")
@@ -228,6 +179,10 @@ def parse_args(argv=None):
                         "strength's timestep: 681 at 0.7), the rest from the whole range")
     p.add_argument("--t-focus-prob", type=float, default=0.0)
     p.add_argument("--compile", action="store_true", help="torch.compile the training forward (off by default)")
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="replay the whole update (forward, backward, clipping, AdamW) from one CUDA graph after 3 "
+                        "eager steps (dragnb.demo.stepping.GraphedStep); CUDA only. A non-finite loss then ends the "
+                        "run (the update is already applied; the EMA, which ships, is kept from the step before)")
     p.add_argument("--data-chunk", type=int, default=None,
                    help="with --data torch: draw this many batches of scenes at once (default 8 on a GPU, where each "
                         "draw is ~1,800 kernel launches whatever its size; 1 on a CPU)")
@@ -263,9 +218,14 @@ def parse_args(argv=None):
     if not 0.0 <= args.t_focus_prob <= 1.0 or not 1 <= args.t_focus <= 1000:
         raise ValueError(f"--t-focus {args.t_focus} --t-focus-prob {args.t_focus_prob} are invalid: "
                          "use 1..1000 and a probability in [0, 1]")
+    if args.cuda_graph and args.compile:
+        raise ValueError("--cuda-graph and --compile: use one of the two (a compiled forward is not captured)")
     if args.upgrade and not args.init:
         raise ValueError(f"--upgrade {args.upgrade} changes an existing model: pass the folder to start from with --init")
     return args
+
+
+_GRAPHS_ON_CPU = False   # tests: let --cuda-graph run on a CPU (with an emulated capture)
 
 
 def build_unet(args, device):
@@ -309,7 +269,15 @@ def main(argv=None) -> dict:
     unet._sched = ema._sched = sched  # used by the figure helpers
     ab = sched.alphas_cumprod.to(device)
     emb = M.make_prompt_embeds(0).to(device)
-    opt = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=0.0)
+    graphed = None
+    if args.cuda_graph:     # a graph-safe AdamW (its step count and learning rate live on the device)
+        if device.type != "cuda" and not _GRAPHS_ON_CPU:
+            raise ValueError(f"--cuda-graph needs a CUDA device, not {device}: leave it out on a CPU")
+        on_gpu = device.type == "cuda"
+        opt = torch.optim.AdamW(unet.parameters(), lr=torch.tensor(args.lr, device=device) if on_gpu else args.lr,
+                                weight_decay=0.0, capturable=on_gpu, foreach=True)
+    else:
+        opt = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=0.0)
     fwd = torch.compile(unet) if args.compile else unet
     overrides = M.config_overrides_for(unet)
 
@@ -348,7 +316,9 @@ def main(argv=None) -> dict:
                 "precision": args.precision, "arch": None if args.init else args.arch, "factor": factor,
                 "data": data, "data_chunk": chunk if data == "torch" else None, "min_snr": args.min_snr,
                 "t_focus": args.t_focus, "t_focus_prob": args.t_focus_prob,
-                "compile": args.compile, "budget_minutes": args.minutes, "schedule_steps": total,
+                "compile": args.compile, "cuda_graph": args.cuda_graph,
+                **({} if graphed is None else {"graph_replays": graphed.replays, "graph_failure": graphed.failure}),
+                "budget_minutes": args.minutes, "schedule_steps": total,
                 "skipped_steps": skipped, "params_M": round(n_params / 1e6, 2),
                 "minutes": round(el / 60, 1), "s_per_step": round(el / max(1, step), 4), **split.totals(),
                 "device": dev_name, "final_loss": round(float(np.mean(recent)), 5) if recent else None,
@@ -360,6 +330,37 @@ def main(argv=None) -> dict:
             fig_dir.mkdir(parents=True, exist_ok=True)
             np.savetxt(fig_dir / "loss.csv", np.array(losses).reshape(-1, 2), delimiter=",", header="step,loss",
                        fmt=["%d", "%.5f"])
+
+    def forward_loss(xt, t, v, a):
+        """3. prediction and loss from noised latents: (mse, loss: per-sample MSE, optionally min-SNR weighted). No host
+        reads; without autocast's weight cache under --cuda-graph (a graph cannot hold it; the values are the same)."""
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16",
+                            cache_enabled=not args.cuda_graph):
+            pred = fwd(xt, t, emb.expand(batch, -1, -1)).sample
+        per = ((pred.float() - v) ** 2).mean(dim=(1, 2, 3))
+        mse = per.mean()
+        if args.min_snr <= 0:
+            return mse, mse
+        snr = a.view(-1) / (1 - a.view(-1))
+        return mse, (per * snr.clamp(max=args.min_snr) / (snr + 1)).mean()
+
+    def update(xt, t, v, a):
+        """3-4 for --cuda-graph: the whole update, no host reads, gradients set to None before (GraphedStep)."""
+        mse, loss = forward_loss(xt, t, v, a)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=True)
+        opt.step()
+        return mse, loss
+
+    if args.cuda_graph:
+        graphed = GraphedStep(update, lambda: opt.zero_grad(set_to_none=True))
+
+    def set_lr(value):
+        for g_ in opt.param_groups:
+            if torch.is_tensor(g_["lr"]):
+                g_["lr"].fill_(value)
+            else:
+                g_["lr"] = value
 
     step = 0
     split = StepSplit(device)
@@ -395,35 +396,37 @@ def main(argv=None) -> dict:
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
         v = a.sqrt() * noise - (1 - a).sqrt() * x0
         split.data_done()
-        # 3. prediction, loss (per-sample MSE, optionally min-SNR weighted)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16"):
-            pred = fwd(xt, t, emb.expand(batch, -1, -1)).sample
-        per = ((pred.float() - v) ** 2).mean(dim=(1, 2, 3))
-        mse = per.mean()
-        if args.min_snr > 0:
-            snr = a.view(-1) / (1 - a.view(-1))
-            loss = (per * snr.clamp(max=args.min_snr) / (snr + 1)).mean()
-        else:
-            loss = mse
-        # 4. update (a non-finite loss skips the step; ten in a row end the run with the EMA so far)
-        for g_ in opt.param_groups:
-            g_["lr"] = lr_at(step)
-        opt.zero_grad(set_to_none=True)
-        mse_v = float(mse.item())
-        if not math.isfinite(mse_v) or not torch.isfinite(loss):
-            skipped += 1
-            bad_in_a_row += 1
-            print(f"step {step + 1}: loss is {mse_v}, update skipped ({bad_in_a_row} in a row)", flush=True)
-            if bad_in_a_row >= 10:
-                print(f"ten non-finite losses in a row at step {step + 1}: stopping; lower --lr (now {args.lr})",
-                      flush=True)
+        if graphed is not None:
+            # 3-4. the whole update as one CUDA graph (after 3 eager steps): it cannot skip a step
+            set_lr(lr_at(step))
+            mse, loss = graphed(xt, t, v, a)
+            mse_v = float(mse.item())
+            if not math.isfinite(mse_v) or not math.isfinite(float(loss.detach())):
+                skipped += 1
+                print(f"step {step + 1}: loss is {mse_v}; with --cuda-graph the update is already applied: stopping with "
+                      f"the EMA of step {step} (lower --lr, now {args.lr})", flush=True)
                 break
-            step += 1
-            continue
-        bad_in_a_row = 0
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        else:
+            mse, loss = forward_loss(xt, t, v, a)
+            # 4. update (a non-finite loss skips the step; ten in a row end the run with the EMA so far)
+            for g_ in opt.param_groups:
+                g_["lr"] = lr_at(step)
+            opt.zero_grad(set_to_none=True)
+            mse_v = float(mse.item())
+            if not math.isfinite(mse_v) or not torch.isfinite(loss):
+                skipped += 1
+                bad_in_a_row += 1
+                print(f"step {step + 1}: loss is {mse_v}, update skipped ({bad_in_a_row} in a row)", flush=True)
+                if bad_in_a_row >= 10:
+                    print(f"ten non-finite losses in a row at step {step + 1}: stopping; lower --lr (now {args.lr})",
+                          flush=True)
+                    break
+                step += 1
+                continue
+            bad_in_a_row = 0
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
         d = min(args.ema, (1 + step) / (10 + step))
         with torch.no_grad():
             torch._foreach_lerp_(ema_params, params, 1 - d)
