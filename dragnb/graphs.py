@@ -222,12 +222,20 @@ class _TrainCall(torch.nn.Module):
 
     def __init__(self, unet, dtype):
         super().__init__()
-        self.unet, self.dtype = unet, dtype
+        # a weak reference, not a submodule: the graph keeps this module, and `_BY_UNET` keeps the graph as long
+        # as the UNet lives, so a strong one would keep the UNet (and its graphs) alive for ever
+        self._unet, self.dtype = weakref.ref(unet), dtype
+
+    def parameters(self, recurse: bool = True):
+        return self._unet().parameters(recurse)
+
+    def buffers(self, recurse: bool = True):
+        return self._unet().buffers(recurse)
 
     def forward(self, noisy, t, emb):
         with torch.autocast(noisy.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32,
                             cache_enabled=False):
-            return self.unet(noisy.to(self.dtype), t, encoder_hidden_states=emb).sample
+            return self._unet()(noisy.to(self.dtype), t, encoder_hidden_states=emb).sample
 
 
 def training_call(model):

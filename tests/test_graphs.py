@@ -26,6 +26,13 @@ class Emulation:
     def __init__(self, fail=False, unet=None):
         self.captures, self.no_grad_captures, self.fail, self.unet = 0, 0, fail, unet
         self.warmups = []
+        # the Python functions captured: a CUDA graph keeps none (only its kernels and memory), so the emulation's
+        # replays reach them through this list alone, which a test can clear to see what else dragnb keeps
+        self.fns = []
+
+    def _keep(self, fn) -> int:
+        self.fns.append(fn)
+        return len(self.fns) - 1
 
     def _recorded(self):
         """What a graph freezes at capture: the weights' memory and the Python branches taken, here the
@@ -65,8 +72,8 @@ class Emulation:
         self.warmups.append(warmup)
         for _ in range(warmup):
             run()
-        out, recorded = run(), self._recorded()
-        return (lambda: out.copy_(self._with(recorded, run))), out
+        out, recorded, i = run(), self._recorded(), self._keep(run)
+        return (lambda: out.copy_(self._with(recorded, self.fns[i]))), out
 
     def __call__(self, fn, sample_args, pool, warmup=3):
         """`graphs._make_graphed` (torch.cuda.make_graphed_callables): static inputs and outputs; the backward writes
@@ -75,18 +82,20 @@ class Emulation:
             raise RuntimeError("operation not permitted when stream is capturing")
         self.captures += 1
         n_user = len(sample_args)
-        params = tuple(fn.parameters()) if isinstance(fn, torch.nn.Module) else ()
+        module = isinstance(fn, torch.nn.Module)
+        params = tuple(fn.parameters()) if module else ()
         surface = tuple(sample_args) + params
         wants = [i for i, x in enumerate(surface) if x.requires_grad]
+        k = self._keep(fn.forward if module else fn)
 
         def outputs(*args):
-            o = fn(*args)
+            o = self.fns[k](*args)
             return (o,) if isinstance(o, torch.Tensor) else tuple(o)
         self.warmups.append(warmup)
         for _ in range(warmup):                              # the warm-up passes
             outs = outputs(*sample_args)
             torch.autograd.grad(outs, [surface[i] for i in wants], [torch.ones_like(o) for o in outs])
-        single = isinstance(fn(*sample_args), torch.Tensor)
+        single = len(outputs(*sample_args)) == 1 and isinstance(self.fns[k](*sample_args), torch.Tensor)
         static_in = [a.detach().clone() for a in sample_args]
         static_out = [o.detach().clone() for o in outputs(*sample_args)]
         static_grad = {i: torch.zeros_like(surface[i]) for i in wants}
@@ -116,6 +125,9 @@ class Emulation:
         def graphed(*args):
             out = Graphed.apply(*(tuple(args) + params))
             return out[0] if single else out
+        if module:                     # as torch: the module comes back, its forward replaced by the graphed one
+            fn.forward = graphed
+            return fn
         return graphed
 
 
@@ -309,3 +321,22 @@ def test_the_prepared_gpu_call_with_cuda_graphs_on_the_cpu(emulated, tmp_path):
     assert all("error" not in r for r in rows.values()) and rows["cuda graphs"]["re_edit_steps"] == 3
     text = (tmp_path / "gpu_sd_timings.txt").read_text()
     assert "first_drag_step_s" in text and "cuda graphs:" in text and "re_edit_s" in text
+
+
+def test_graphs_do_not_keep_a_dropped_model_alive(emulated):
+    """The graphs live as long as their UNet (a weak key) and must not hold it: a notebook that loads models again
+    and again would keep every UNet and its graph memory otherwise."""
+    import gc
+    import weakref
+    m = tiny_model(seed=0)
+    set_speed(m, cuda_graph=True)
+    s = _session(m)
+    s.step(2)
+    s.result()
+    st = graphs.stats(m)
+    assert st["drag_graphs"] == st["lora_graphs"] == 1 and st["no_grad_graphs"] > 0
+    ref = weakref.ref(m.unet)
+    emulated.fns.clear()                   # what a real graph does not keep
+    del s, m
+    gc.collect()
+    assert ref() is None
