@@ -39,7 +39,7 @@ import torch
 from . import ddim
 from .features import capture_block_output, resize_features
 
-__all__ = ["drag_forward", "replayed", "training_call", "stats", "clear", "check_model", "MAX_GRAPHS"]
+__all__ = ["active", "drag_forward", "replayed", "training_call", "stats", "clear", "check_model", "MAX_GRAPHS"]
 
 MAX_GRAPHS = 16
 """Drag-step graphs kept per UNet (GoodDrag drags at about 7 timesteps); the oldest goes first beyond it."""
@@ -68,6 +68,18 @@ def check_model(model) -> None:
     if model.device.type != "cuda":
         raise ValueError(f"cuda_graph=True needs a model on a CUDA device; this one is on {model.device}: load it "
                          "with device='cuda', or leave cuda_graph off (on a CPU there is no graph to replay)")
+
+
+def active(model) -> bool:
+    """The model's `cuda_graph` option is on and the model is where graphs exist (a model moved to the CPU after
+    `set_speed(cuda_graph=True)` runs eagerly)."""
+    if not model.speed.get("cuda_graph"):
+        return False
+    try:
+        check_model(model)
+    except ValueError:
+        return False
+    return True
 
 
 def _pool():
@@ -188,7 +200,7 @@ def replayed(model, fn, cond, guidance: float, context=None):
     graphs when the model's `cuda_graph` option is on, else `fn` itself. One graph per timestep, batch shape and
     `context()` (a hashable the caller gives for what else shapes the call, e.g. whether mutual self-attention is
     active at this step), captured on first use; the inversion and the final denoising use it."""
-    if not model.speed.get("cuda_graph"):
+    if not active(model):
         return fn
 
     def call(x, t):
@@ -243,7 +255,7 @@ def training_call(model):
     LoRA weights) replayed from a CUDA graph; None when the model's `cuda_graph` option is off or the fine-tune is
     checkpointed (then `train_lora` calls the UNet itself). One graph per batch shape, dtype and set of trainable
     weights at their addresses (the adapter is reused between images, so is the graph)."""
-    if not model.speed.get("cuda_graph") or model.speed.get("gradient_checkpointing"):
+    if not active(model) or model.speed.get("gradient_checkpointing"):
         return None
 
     def call(noisy, t, emb):

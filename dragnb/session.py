@@ -134,7 +134,7 @@ class DragSession(EditInputs):
     def _context(self, lora_state, ref) -> StepContext:
         m, c, cond = self.model, self.config, self.model.encode_prompt(self.prompt)
         fwd = lambda z, t: forward_features(m, cond, z, t, c.n_inference_steps, c.feature_block, self.geometry.grid_hw)  # noqa
-        if m.speed.get("cuda_graph"):      # set_speed(model, cuda_graph=True): the UNet call replayed from a CUDA graph
+        if graphs.active(m):               # set_speed(model, cuda_graph=True): the UNet call replayed from a CUDA graph
             fwd = graphs.drag_forward(m, cond, c.n_inference_steps, c.feature_block, self.geometry.grid_hw, fwd)
         den = lambda z, t: ddim.prev_step(m.scheduler, guided_unet_fn(m, cond, 1.0)(z, t), z, t, c.n_inference_steps)  # noqa
         return StepContext(c, ref, fwd, den, self._mask_latent(), self.geometry.grid_to_image)

@@ -340,3 +340,18 @@ def test_graphs_do_not_keep_a_dropped_model_alive(emulated):
     del s, m
     gc.collect()
     assert ref() is None
+
+
+def test_a_model_moved_off_the_gpu_runs_eagerly_without_trying(emulated, monkeypatch):
+    """cuda_graph stays set on a model moved to the CPU afterwards: its edits run eagerly, nothing is captured and
+    nothing warns (graphs.active is False there)."""
+    m = tiny_model(seed=0)
+    set_speed(m, cuda_graph=True)                              # accepted (the fixture lets a CPU model pass)
+    monkeypatch.undo()                                         # the real check: this model is on the CPU
+    assert m.speed["cuda_graph"] and not graphs.active(m)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _, recs1, lat1 = _edit(m, "dragdiffusion", 3)
+    _, recs0, lat0 = _edit(tiny_model(seed=0), "dragdiffusion", 3)
+    assert recs1 == recs0 and torch.equal(lat1, lat0)
+    assert emulated.captures == emulated.no_grad_captures == 0 and graphs.stats(m)["replays"] == 0
