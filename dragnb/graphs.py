@@ -31,6 +31,8 @@ says how many captures, replays and failures there were.
 """
 from __future__ import annotations
 
+import os
+import traceback
 import warnings
 import weakref
 
@@ -163,7 +165,9 @@ def _lookup(g: _Graphs, table: dict, limit: int, key: tuple, what: str, capture)
             g.captures += 1
         except Exception as e:  # noqa: BLE001 - the edit goes on eagerly, and says so once
             hit = e
-            g.failures.append(f"{what}: {type(e).__name__}: {e}")
+            where = "; ".join(f"{os.path.basename(f.filename)}:{f.lineno} {f.name}"
+                              for f in traceback.extract_tb(e.__traceback__)[-3:])
+            g.failures.append(f"{what}: {type(e).__name__}: {e} (at {where})")
             warnings.warn(f"dragnb: the CUDA graph capture of {what} failed ({type(e).__name__}: {e}); these calls run "
                           f"eagerly (set_speed(model, cuda_graph=False) to stop trying)", RuntimeWarning, stacklevel=4)
         table[key] = hit
