@@ -355,3 +355,18 @@ def test_a_model_moved_off_the_gpu_runs_eagerly_without_trying(emulated, monkeyp
     _, recs0, lat0 = _edit(tiny_model(seed=0), "dragdiffusion", 3)
     assert recs1 == recs0 and torch.equal(lat1, lat0)
     assert emulated.captures == emulated.no_grad_captures == 0 and graphs.stats(m)["replays"] == 0
+
+
+def test_a_generated_image_in_graphs_is_the_eager_one(emulated):
+    """DragSession.generate samples with classifier-free guidance (the empty prompt's embeddings read by the graph):
+    graphed, the same image and latents; a second generation replays."""
+    m0, m = tiny_model(seed=0), tiny_model(seed=0)
+    set_speed(m, cuda_graph=True)
+    emulated.unet = m.unet
+    kw = dict(prompt="a disc", seed=3, config=m.default_config(n_inference_steps=8))
+    a, b = DragSession.generate(m0, **kw), DragSession.generate(m, **kw)
+    assert np.array_equal(np.asarray(a.image), np.asarray(b.image))
+    n = emulated.no_grad_captures
+    assert n == 8 and graphs.stats(m)["eager_calls"] == 0
+    DragSession.generate(m, **kw)
+    assert emulated.no_grad_captures == n
