@@ -12,7 +12,7 @@ the official run_drag sequence (inversion, `drag_diffusion_update` on a float32 
 and GradScaler, denoising with its mutual self-attention editor), each stage timed with its peak
 `torch.cuda.max_memory_allocated`, plus the stage-by-stage agreement. Ratios official / dragnb per stage.
 Part 3: `dragnb.bench.bench_speed`: each speed option of `dragnb.set_speed` (in `SPEED_VARIANTS`' order: CUDA graphs
-of the drag step, regional torch.compile, LoRA-only checkpointing, channels_last, gradient checkpointing, both, a
+of every UNet call, regional torch.compile, LoRA-only checkpointing, channels_last, gradient checkpointing, both, a
 bfloat16 model) on the same short edit, per stage seconds and peak memory, and how far each option's dragged latent
 lands from the baseline's; with `--re-edit-steps N`, a re-drag of N steps on the cached LoRA and inversion too; rows
 that would pass the deadline (`--deadline-s`, counted from the start) are skipped and named.
@@ -69,7 +69,8 @@ def table(res: dict) -> str:
     if isinstance(b, dict) and "lora_s" in b:
         lines += ["dragnb.bench.bench_stages", f"{'stage':30s} {'seconds':>9s} {'peak MiB':>9s}"]
         for k, m in (("lora_s", "lora_peak_mb"), ("inversion_and_features_s", "invert_peak_mb"),
-                     ("first_drag_step_s", None), ("drag_step_s", "drag_peak_mb"), ("denoise_s", "denoise_peak_mb"), ("whole_edit_s", None),
+                     ("first_drag_step_s", None), ("drag_step_s", "drag_peak_mb"), ("denoise_s", "denoise_peak_mb"),
+                     ("whole_edit_s", None),
                      ("re_edit_cached_s", None), ("re_edit_naive_s", None), ("speedup_cached_vs_naive", None)):
             if k in b:
                 mem = f"{b[m]:9.0f}" if m and m in b else " " * 9
@@ -90,10 +91,8 @@ def table(res: dict) -> str:
             lines.append(f"{r['stage']:22s} {f(r['dragnb_s'], 9, 3)} {f(r['official_s'], 10, 3)} "
                          f"{f(r['ratio'], 6, 2)} {f(r['dragnb_peak_mb'], 10, 0)} {f(r['official_peak_mb'], 12, 0)}")
         if c.get("graphs"):
-            g = c["graphs"]
-            lines += ["", f"dragnb with CUDA graphs: {g['captures']} captures, {g['replays']} replays, "
-                          f"{g['eager_calls']} eager calls" + (f"; failures: {'; '.join(g['failures'])}"
-                                                                 if g["failures"] else "")]
+            from dragnb.graphs import stats_line
+            lines += ["", f"dragnb with CUDA graphs: {stats_line(c['graphs'])}"]
         if c.get("noise_floor_line"):
             lines += ["", c["noise_floor_line"]]
         lines += ["", c.get("parity_line", "")]

@@ -78,22 +78,7 @@ def bench_stages(model="tiny", size=None, device=None, dtype=None, drag_steps=10
     rows = []
     for rep in range(repeats):
         s = bench_session(m, size, cfg)
-        r = {}
-        _sync(dev); _reset_peak(dev)
-        # each stage timed on its own through the cache's public stages (prepare() runs them in order, cached)
-        t = time.perf_counter()
-        s.cache.train_lora(s.spec)
-        _sync(dev); r["lora_s"] = time.perf_counter() - t; r["lora_peak_mb"] = _peak_mb(dev); _reset_peak(dev)
-        t = time.perf_counter(); s.prepare(progress=False)  # inversion + features (LoRA cached above)
-        _sync(dev); r["inversion_and_features_s"] = time.perf_counter() - t; r["invert_peak_mb"] = _peak_mb(dev)
-        _reset_peak(dev)
-        t = time.perf_counter(); s.step(1); _sync(dev)   # the first step builds the optimiser; time the next ones
-        r["first_drag_step_s"] = time.perf_counter() - t
-        t = time.perf_counter(); recs = s.step(drag_steps - 1); _sync(dev)
-        r["drag_step_s"] = (time.perf_counter() - t) / max(1, len(recs)); r["drag_peak_mb"] = _peak_mb(dev)
-        _reset_peak(dev)
-        t = time.perf_counter(); s.result(); _sync(dev)
-        r["denoise_s"] = time.perf_counter() - t; r["denoise_peak_mb"] = _peak_mb(dev)
+        r = _edit_once(s, drag_steps, dev)
         r["whole_edit_s"] = (r["lora_s"] + r["inversion_and_features_s"] + r["first_drag_step_s"]
                              + (drag_steps - 1) * r["drag_step_s"] + r["denoise_s"])
         # cached re-edit after moving a target: the session keeps LoRA, inversion and source features
@@ -153,14 +138,15 @@ SPEED_VARIANTS = (
 
 
 def _edit_once(s, drag_steps: int, dev) -> dict:
-    """One edit of session `s` from empty caches, each stage timed with its peak memory."""
+    """One edit of session `s` from empty caches, each stage timed on its own through the cache's public stages
+    (prepare() then finds the LoRA cached), with its peak memory."""
     r = {}
     s.clear_caches()
     _sync(dev); _reset_peak(dev)
     t = time.perf_counter(); s.cache.train_lora(s.spec); _sync(dev)
     r["lora_s"] = time.perf_counter() - t; r["lora_peak_mb"] = _peak_mb(dev); _reset_peak(dev)
     t = time.perf_counter(); s.prepare(progress=False); _sync(dev)
-    r["inversion_and_features_s"] = time.perf_counter() - t; _reset_peak(dev)
+    r["inversion_and_features_s"] = time.perf_counter() - t; r["invert_peak_mb"] = _peak_mb(dev); _reset_peak(dev)
     t = time.perf_counter(); s.step(1); _sync(dev)
     r["first_drag_step_s"] = time.perf_counter() - t      # builds the optimiser (and compiles, when compiled)
     t = time.perf_counter(); recs = s.step(drag_steps - 1); _sync(dev)
@@ -271,9 +257,8 @@ def speed_table(res: dict) -> str:
                      + f" {b['drag_step_s'] / r['drag_step_s']:11.2f} {r['max_dlatent_vs_first_row']:9.2g}")
     for r in rows:
         if "graphs" in r:
-            g = r["graphs"]
-            lines.append(f"{r['variant']}: {g['captures']} captures, {g['replays']} replays, {g['eager_calls']} eager "
-                         f"calls" + (f", failures: {'; '.join(g['failures'])}" if g["failures"] else ""))
+            from .graphs import stats_line
+            lines.append(f"{r['variant']}: {stats_line(r['graphs'])}")
     if res["skipped"]:
         lines.append(f"skipped (deadline): {', '.join(res['skipped'])}")
     return "\n".join(lines)

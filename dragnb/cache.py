@@ -30,7 +30,7 @@ from . import ddim, graphs, lora
 from .config import DragConfig
 from .invalidation import fields_of
 from .store import BoundedStore
-from .unet import forward_features, guided_unet_fn, unet_lock, using
+from .unet import forward_features, replayed_unet_fn, unet_lock, using
 
 STORES = ("lora", "inversion", "features")
 COUNTER_OF = {"lora": "lora_trainings", "inversion": "inversions", "features": "feature_extractions"}
@@ -259,9 +259,8 @@ class SourceCache:
                 callback("inversion", i, total)
         try:
             with using(m, weights.state):
-                cond = m.encode_prompt(spec.prompt)
-                fn = graphs.replayed(m, guided_unet_fn(m, cond, c.guidance_scale), cond, c.guidance_scale)
-                lat = ddim.invert(fn, m.scheduler, z0, n, steps, cb)
+                lat = ddim.invert(replayed_unet_fn(m, m.encode_prompt(spec.prompt), c.guidance_scale), m.scheduler,
+                                  z0, n, steps, cb)
         finally:
             bar.close()
         self.counters["inversions"] += 1

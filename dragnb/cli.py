@@ -165,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--speed", type=_speed_options, default=None, metavar="OPTIONS",
                    help="UNet speed options, comma-separated: channels_last, checkpointing (less memory, more time) or "
                         "lora_checkpointing (only in the LoRA fine-tune), compile (regional torch.compile; the first "
-                        "edit pays the compilation), cuda_graph (CUDA graphs of the drag step; cuda only); see "
+                        "edit pays the compilation), cuda_graph (every UNet call replayed from CUDA graphs; cuda only); see "
                         "dragnb.speed")
     e.add_argument("--max-side", type=_whole(0), default=None,
                    help="work on images at most this many pixels on their longer side (default: the model's, 1024 "

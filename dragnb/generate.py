@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from . import ddim, graphs, render
+from . import ddim, render
 from .cache import SourceCache, image_digest
 from .config import DragConfig
 from .coords import Geometry
-from .unet import guided_unet_fn, using
+from .unet import replayed_unet_fn, using
 
 
 @torch.no_grad()
@@ -28,9 +28,8 @@ def generate(model, prompt: str = "", seed: int = 0, config: DragConfig | None =
     g = torch.Generator().manual_seed(int(seed))
     z_T = torch.randn((1, model.unet.config.in_channels, *geom.latent_hw), generator=g).to(model.device)
     with using(model, None):
-        cond = model.encode_prompt(str(prompt))
-        fn = graphs.replayed(model, guided_unet_fn(model, cond, cfg.guidance_scale), cond, cfg.guidance_scale)
-        lats = ddim.sample(fn, model.scheduler, z_T, cfg.n_inference_steps)
+        lats = ddim.sample(replayed_unet_fn(model, model.encode_prompt(str(prompt)), cfg.guidance_scale),
+                           model.scheduler, z_T, cfg.n_inference_steps)
     image = render.to_pil(model.decode(lats[-1]))
     cache = SourceCache(model)
     cache.add_generation(image_digest(image), lats, cfg.n_inference_steps)

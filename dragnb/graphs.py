@@ -41,7 +41,7 @@ import torch
 from . import ddim
 from .features import capture_block_output, resize_features
 
-__all__ = ["active", "drag_forward", "replayed", "training_call", "stats", "clear", "check_model", "MAX_GRAPHS"]
+__all__ = ["active", "drag_forward", "replayed", "training_call", "stats", "stats_line", "failure_text", "clear", "check_model", "MAX_GRAPHS"]
 
 MAX_GRAPHS = 16
 """Drag-step graphs kept per UNet (GoodDrag drags at about 7 timesteps); the oldest goes first beyond it."""
@@ -109,7 +109,8 @@ def _graph_no_grad(run, pool, warmup: int = 2):
 
 
 def _param_addresses(unet) -> tuple:
-    return tuple(p.data_ptr() for p in unet.parameters())
+    """Where each parameter's memory is, and whether it trains (a fine-tune graph computes those gradients)."""
+    return tuple((p.data_ptr(), p.requires_grad) for p in unet.parameters())
 
 
 def _capture(model, cond, latent, t: int, feature_block: int, g: _Graphs):
@@ -124,11 +125,9 @@ def _capture(model, cond, latent, t: int, feature_block: int, g: _Graphs):
             out = model.unet_forward(z, t_dev, cond).float()
         return out, store["feat"]
 
-    if g.pool is None:
-        _new_pool(g)
     sample = latent.detach().clone().requires_grad_(True)
     with torch.autocast(latent.device.type, enabled=False):   # the session's own autocast caches weights
-        fn = _make_graphed(unet_call, (sample,), g.pool,
+        fn = _make_graphed(unet_call, (sample,), _pool_of(g),
                            _warmups(g, ("drag", feature_block, tuple(latent.shape), str(dtype)), 3, 1))
     return fn, t_dev, cond
 
@@ -165,22 +164,11 @@ def _lookup(g: _Graphs, table: dict, limit: int, key: tuple, what: str, capture)
             g.captures += 1
         except Exception as e:  # noqa: BLE001 - the edit goes on eagerly, and says so once
             hit = e
-            where = "; ".join(f"{os.path.basename(f.filename)}:{f.lineno} {f.name}"
-                              for f in traceback.extract_tb(e.__traceback__)[-3:])
-            g.failures.append(f"{what}: {type(e).__name__}: {e} (at {where})")
+            g.failures.append(f"{what}: {failure_text(e)}")
             warnings.warn(f"dragnb: the CUDA graph capture of {what} failed ({type(e).__name__}: {e}); these calls run "
                           f"eagerly (set_speed(model, cuda_graph=False) to stop trying)", RuntimeWarning, stacklevel=4)
         table[key] = hit
     return None if isinstance(hit, Exception) else hit
-
-
-def _graphed(model, cond, latent, t: int, feature_block: int):
-    """The graphed UNet call of the drag step for this key, capturing it first; None when capture failed for it."""
-    g, params = _graphs_of(model)
-    key = (int(t), int(feature_block), tuple(latent.shape), str(model.dtype), cond.data_ptr(), tuple(cond.shape), params)
-    hit = _lookup(g, g.entries, MAX_GRAPHS, key, f"the drag step at t={int(t)}",
-                  lambda: _capture(model, cond, latent, int(t), feature_block, g))
-    return None if hit is None else hit[0]
 
 
 def drag_forward(model, cond, n_steps: int, feature_block: int, grid_hw, eager):
@@ -188,12 +176,15 @@ def drag_forward(model, cond, n_steps: int, feature_block: int, grid_hw, eager):
     with the UNet call replayed from a CUDA graph; `eager` (the same function, `unet.forward_features` bound to these
     arguments) runs where a capture failed. Called inside `unet.using(model, lora_state)`."""
     def forward(latent, t):
-        fn = _graphed(model, cond, latent, t, feature_block)
-        g = _BY_UNET[model.unet]
-        if fn is None:
+        g, params = _graphs_of(model)
+        key = (int(t), int(feature_block), tuple(latent.shape), str(model.dtype), cond.data_ptr(), tuple(cond.shape),
+               params)
+        hit = _lookup(g, g.entries, MAX_GRAPHS, key, f"the drag step at t={int(t)}",
+                      lambda: _capture(model, cond, latent, int(t), feature_block, g))
+        if hit is None:
             g.eager_calls += 1
             return eager(latent, t)
-        out, raw = fn(latent)       # static buffers, overwritten by the next replay: only new tensors leave here
+        out, raw = hit[0](latent)   # static buffers, overwritten by the next replay: only new tensors leave here
         g.replays += 1
         return resize_features(raw, grid_hw), ddim.prev_step(model.scheduler, out, latent, t, n_steps)
     return forward
@@ -216,7 +207,7 @@ def replayed(model, fn, cond, guidance: float, context=None):
         def capture():
             static_x = x.detach().clone()
             t_dev = torch.tensor(int(t), dtype=torch.int64, device=x.device)
-            replay, out = _graph_no_grad(lambda: fn(static_x, t_dev), g.pool if g.pool is not None else _new_pool(g),
+            replay, out = _graph_no_grad(lambda: fn(static_x, t_dev), _pool_of(g),
                                          _warmups(g, ("no_grad",) + key[1:-1], 2, 0))   # all but t and addresses
             return replay, static_x, out, t_dev, cond, unc
         hit = _lookup(g, g.no_grad, MAX_NO_GRAD_GRAPHS, key, f"a UNet call at t={int(t)}", capture)
@@ -263,16 +254,15 @@ def training_call(model):
         return None
 
     def call(noisy, t, emb):
-        g, params = _graphs_of(model)
-        trainable = tuple(i for i, p in enumerate(model.unet.parameters()) if p.requires_grad)
+        g, params = _graphs_of(model)      # the addresses say which weights train too
         key = ("lora", tuple(noisy.shape), str(noisy.dtype), tuple(t.shape), tuple(emb.shape), str(emb.dtype),
-               str(model.dtype), trainable, params)
+               str(model.dtype), params)
 
         def capture():
             module = _TrainCall(model.unet, model.dtype)
             sample = (noisy.detach().clone(), t.detach().clone(), emb.detach().clone())
             with torch.autocast(noisy.device.type, enabled=False):
-                return (_make_graphed(module, sample, g.pool if g.pool is not None else _new_pool(g),
+                return (_make_graphed(module, sample, _pool_of(g),
                                       _warmups(g, key[:-1], 3, 1)),)
         hit = _lookup(g, g.lora, MAX_GRAPHS, key, "a LoRA fine-tune step", capture)
         if hit is None:
@@ -283,9 +273,24 @@ def training_call(model):
     return call
 
 
-def _new_pool(g: _Graphs):
-    g.pool = _pool()
+def _pool_of(g: _Graphs):
+    """The UNet's one memory pool, made on first use."""
+    if g.pool is None:
+        g.pool = _pool()
     return g.pool
+
+
+def failure_text(e: BaseException) -> str:
+    """"Type: message (at file:line function; ...)" of a failed capture: where it failed, its last three frames."""
+    where = "; ".join(f"{os.path.basename(f.filename)}:{f.lineno} {f.name}"
+                      for f in traceback.extract_tb(e.__traceback__)[-3:])
+    return f"{type(e).__name__}: {e} (at {where})"
+
+
+def stats_line(st: dict) -> str:
+    """A `stats()` result in one line, for the benchmarks' tables."""
+    return (f"{st['captures']} captures, {st['replays']} replays, {st['eager_calls']} eager calls"
+            + (f"; failures: {'; '.join(st['failures'])}" if st["failures"] else ""))
 
 
 def stats(model) -> dict:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from PIL import Image
 
-from . import ddim, graphs
+from . import ddim
 from .attention import mutual_self_attention
-from .unet import guided_unet_fn, using
+from .unet import guided_unet_fn, replayed_unet_fn, using
 
 
 @torch.no_grad()
@@ -25,12 +25,12 @@ def denoise(model, cond, lora_state, config, source_latent: torch.Tensor, z_hat:
             start = c.attn_start_step if attn_start is None else attn_start
             with mutual_self_attention(model.unet, start, c.attn_start_layer) as ctl:
                 # (graphed when the model's cuda_graph option is on: one graph per step and attention setting)
-                fn = graphs.replayed(model, guided_unet_fn(model, cond, c.guidance_scale), cond, c.guidance_scale,
-                                     lambda: ("mutual", c.attn_start_layer, ctl.step >= start))
+                fn = replayed_unet_fn(model, cond, c.guidance_scale,
+                                      lambda: ("mutual", c.attn_start_layer, ctl.step >= start))
                 z = ddim.denoise(fn, model.scheduler, torch.cat([source_latent, z_hat]), c.n_inference_steps, k,
                                  step_hook=lambda i: setattr(ctl, "step", i))[1:]
         else:
-            fn = graphs.replayed(model, guided_unet_fn(model, cond, c.guidance_scale), cond, c.guidance_scale)
+            fn = replayed_unet_fn(model, cond, c.guidance_scale)
             z = ddim.denoise(fn, model.scheduler, z_hat, c.n_inference_steps, k)
     return model.decode(z)
 

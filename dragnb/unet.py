@@ -18,7 +18,7 @@ from contextlib import contextmanager
 
 import torch
 
-from . import ddim, lora, threads
+from . import ddim, graphs, lora, threads
 from .features import unet_with_features
 
 _LOCKS: "weakref.WeakKeyDictionary[object, threading.RLock]" = weakref.WeakKeyDictionary()
@@ -55,6 +55,12 @@ def guided_unet_fn(model, cond, guidance: float):
             u, c = model.unet_forward(torch.cat([x, x]), t, emb).float().chunk(2)
         return u + guidance * (c - u)
     return fn
+
+
+def replayed_unet_fn(model, cond, guidance: float, context=None):
+    """`guided_unet_fn` for calls without a gradient (inversion, denoising, sampling), replayed from CUDA graphs when
+    the model's `cuda_graph` option is on (`graphs.replayed`; `context()`: what else shapes the call)."""
+    return graphs.replayed(model, guided_unet_fn(model, cond, guidance), cond, guidance, context)
 
 
 def forward_features(model, cond, latent, t: int, n_steps: int, feature_block: int, grid_hw):

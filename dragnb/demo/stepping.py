@@ -8,11 +8,11 @@ arithmetic and memory traffic of a batch of 256 need a fraction of that. A CUDA 
 from __future__ import annotations
 
 import contextlib
-import os
 import time
-import traceback
 
 import torch
+
+from dragnb.graphs import failure_text
 
 
 class StepSplit:
@@ -92,9 +92,7 @@ class GraphedStep:
                 self.zero_grad()
                 self._replay, self._outputs = _capture(lambda: self.update(*self._inputs), self.zero_grad)
             except Exception as e:  # noqa: BLE001 - training goes on eagerly, and says why
-                where = "; ".join(f"{os.path.basename(f.filename)}:{f.lineno} {f.name}"
-                                  for f in traceback.extract_tb(e.__traceback__)[-3:])
-                self.failure = f"{type(e).__name__}: {e} (at {where})"
+                self.failure = failure_text(e)
                 print(f"--cuda-graph: the capture failed ({self.failure}); training goes on eagerly", flush=True)
         if self._replay is None:
             with (_side_stream() if self.failure is None else contextlib.nullcontext()):

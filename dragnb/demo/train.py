@@ -356,6 +356,7 @@ def main(argv=None) -> dict:
         graphed = GraphedStep(update, lambda: opt.zero_grad(set_to_none=True))
 
     def set_lr(value):
+        """The learning rate for the next update (in place where it lives on the device: --cuda-graph's AdamW)."""
         for g_ in opt.param_groups:
             if torch.is_tensor(g_["lr"]):
                 g_["lr"].fill_(value)
@@ -409,8 +410,7 @@ def main(argv=None) -> dict:
         else:
             mse, loss = forward_loss(xt, t, v, a)
             # 4. update (a non-finite loss skips the step; ten in a row end the run with the EMA so far)
-            for g_ in opt.param_groups:
-                g_["lr"] = lr_at(step)
+            set_lr(lr_at(step))
             opt.zero_grad(set_to_none=True)
             mse_v = float(mse.item())
             if not math.isfinite(mse_v) or not torch.isfinite(loss):
