@@ -16,6 +16,9 @@ of every UNet call, regional torch.compile, LoRA-only checkpointing, channels_la
 bfloat16 model) on the same short edit, per stage seconds and peak memory, and how far each option's dragged latent
 lands from the baseline's; with `--re-edit-steps N`, a re-drag of N steps on the cached LoRA and inversion too; rows
 that would pass the deadline (`--deadline-s`, counted from the start) are skipped and named.
+Part 4 (with --profile eager,cuda_graph): `dragnb.bench.profile_drag`: drag steps under torch's profiler, on one model,
+each run after its warm-up steps: wall and kernel time per step (how busy the GPU is), the operators launched from
+Python per step, and the operators with the most kernel and host time.
 Writes gpu_sd_timings.json (everything) and gpu_sd_timings.txt (the table); each part (and each row of part 3)
 is written when it ends.
 """
@@ -93,8 +96,9 @@ def table(res: dict) -> str:
         if c.get("graphs"):
             from dragnb.graphs import stats_line
             lines += ["", f"dragnb with CUDA graphs: {stats_line(c['graphs'])}"]
-        if c.get("noise_floor_line"):
-            lines += ["", c["noise_floor_line"]]
+        for k in ("noise_floor_line", "eager_line"):
+            if c.get(k):
+                lines += ["", c[k]]
         lines += ["", c.get("parity_line", "")]
     elif c is not None:
         lines += [f"side by side: {c}"]
@@ -104,6 +108,11 @@ def table(res: dict) -> str:
         lines += ["", speed_table(sp)]
     elif sp is not None:
         lines += ["", f"speed options: {sp}"]
+    if res.get("profile"):
+        from dragnb.bench import profile_table
+        lines.append("")
+        lines += [profile_table(r) if "error" not in r else f"drag step profile {r.get('run', '')}: {r['error']}"
+                  for r in res["profile"]]
     return "\n".join(lines) + "\n"
 
 
@@ -162,6 +171,11 @@ def main(argv=None):
                         "part 3 measures each option on its own anyway")
     p.add_argument("--no-official", action="store_true",
                    help="skip part 2 even when .official/ exists (the shell wrapper passes --official by default)")
+    p.add_argument("--profile", default=None, metavar="RUNS",
+                   help="part 4: comma-separated runs to profile, each 'eager' or one --speed word (e.g. "
+                        "eager,cuda_graph): --profile-steps drag steps under torch's profiler, on one model, for the "
+                        "wall and kernel time of a step and the operators that take it")
+    p.add_argument("--profile-steps", type=int, default=10, help="part 4's profiled drag steps (default 10)")
     p.add_argument("--deadline-s", type=float, default=450.0,
                    help="part 3 starts no row likely to end later than this many seconds after the start (default "
                         "450; the shell wrapper's cap is 480)")
@@ -235,9 +249,10 @@ def main(argv=None):
                 drag_steps_taken=pr["drag_steps_taken"], summary=sm,
                 per_step=[{k: v for k, v in r.items() if k in ("step", "dlatent", "handles_equal", "loss",
                                                                  "motion_loss", "mask_loss", "noise_floor_dlatent",
-                                                                 "noise_floor_handles_equal")}
+                                                                 "noise_floor_handles_equal", "eager_dlatent",
+                                                                 "eager_handles_equal", "graphed_vs_eager_dlatent")}
                           for r in pr["per_step"]],
-                parity_line=po.parity_line(sm), noise_floor_line=po.noise_floor_line(sm))
+                parity_line=po.parity_line(sm), noise_floor_line=po.noise_floor_line(sm), eager_line=po.eager_line(sm))
             if m.speed.get("cuda_graph"):
                 from dragnb import graphs
                 res["side_by_side"]["graphs"] = graphs.stats(m)
@@ -265,6 +280,27 @@ def main(argv=None):
             traceback.print_exc()
             res["speed"] = f"{type(e).__name__}: {e}"
         res["speed_wall_s"] = time.perf_counter() - t0
+        _free()
+    if a.profile:  # part 4: where a drag step's time goes
+        from dragnb.bench import model_by_name, profile_drag
+        t0 = time.perf_counter()
+        res["profile"] = []
+        try:
+            m = model_by_name(model, device, torch_dtype)
+            for run in a.profile.split(","):
+                run = run.strip()
+                try:
+                    res["profile"].append(profile_drag(m, size=size, speed=None if run == "eager" else parse_words(run),
+                                                       lora_steps=2, steps=3 if q else a.profile_steps))
+                except Exception as e:  # noqa: BLE001 - the next run still goes
+                    traceback.print_exc()
+                    res["profile"].append(dict(run=run, error=f"{type(e).__name__}: {e}"))
+                write()
+            del m
+        except Exception as e:  # noqa: BLE001
+            traceback.print_exc()
+            res["profile"].append(dict(error=f"{type(e).__name__}: {e}"))
+        res["profile_wall_s"] = time.perf_counter() - t0
         _free()
     res["total_wall_s"] = time.perf_counter() - t_all
     write()

@@ -51,7 +51,7 @@ try:
 except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from dragnb import DragSession, ddim, lora  # noqa: E402
+from dragnb import DragSession, ddim, graphs, lora  # noqa: E402
 from dragnb.attention import mutual_self_attention  # noqa: E402
 from dragnb.unet import guided_unet_fn  # noqa: E402  (the UNet call with dragnb's autocast and guidance)
 
@@ -487,6 +487,10 @@ def parity_sd(off, model, a) -> dict:
     # dragnb first (the official run_drag casts the shared UNet's dtype back and forth)
     s, d_recs, d_img = dragnb_edit(model, image, mask, (handle, target), cfg, prompt, seed, clock)
     z_t_d = s.latent_at(0)
+    z_hat_d = s.current_latent()
+    # with CUDA graphs on, the same drag loop again without them (the session's LoRA and inversion): how far the
+    # graphed loop is from the eager one, and the eager one from the official loop, in the same process
+    e_recs = eager_drag_rerun(s, len(d_recs)) if graphs.active(model) else None
     adapter = OfficialAdapter(off, model)
     args = official_args(cfg, prompt, (size, size), a.steps)
     res["official_args"] = {k: v for k, v in vars(args).items() if k != "prompt"}
@@ -540,12 +544,15 @@ def parity_sd(off, model, a) -> dict:
     for row, o, n in zip(per_step, o_recs, n_recs):
         row["noise_floor_dlatent"] = maxabs(o["latent"], n["latent"])
         row["noise_floor_handles_equal"] = o["handles_rc"] == n["handles_rc"]
+    if e_recs is not None:
+        for row, d, e, o in zip(per_step, d_recs, e_recs, o_recs):
+            row.update(eager_dlatent=maxabs(e["latent"], o["latent"]), eager_handles_equal=e["handles_rc"] == o["handles_rc"],
+                       graphed_vs_eager_dlatent=maxabs(d["latent"], e["latent"]))
     both = [r for r in per_step if "dlatent" in r]
     stages["drag_latent_max"] = max((r["dlatent"] for r in both), default=0.0)
     stages["drag_loss_max"] = max((abs(r["loss"][0] - r["loss"][1]) for r in both), default=0.0)
     res["per_step"] = per_step
     # 4. denoising with mutual self-attention of the same (z_t, ẑ_t)
-    z_hat_d = s.current_latent()
     with lora.applied(model.unet, lstate):
         img_o, z0_o = adapter.denoise(z_t_d.to(model.dtype), z_hat_d.to(model.dtype), emb, args, cfg.attn_start_step,
                                       cfg.attn_start_layer)
@@ -573,7 +580,34 @@ def parity_sd(off, model, a) -> dict:
                           noise_floor_max_dlatent=max((r.get("noise_floor_dlatent", 0.0) for r in per_step),
                                                       default=0.0),
                           z_t_float16_rounding=maxabs(z_t_d.half().float(), z_t_d))
+    if e_recs is not None:
+        eager = [r for r in per_step if "eager_dlatent" in r]
+        res["summary"].update(
+            eager_max_dlatent=max((r["eager_dlatent"] for r in eager), default=0.0), eager_n_steps=len(eager),
+            eager_handles_identical=all(r["eager_handles_equal"] for r in eager) and len(e_recs) == len(o_recs),
+            graphed_vs_eager_max_dlatent=max((r["graphed_vs_eager_dlatent"] for r in eager), default=0.0))
     return res
+
+
+def eager_drag_rerun(session, n_steps: int) -> list:
+    """The session's drag loop once more from step 0 with the model's CUDA graphs off (the LoRA, inversion and source
+    features cached: the same z_t as the graphed loop), as records like `dragnb_edit`'s. The session is left at the
+    end of this eager loop; the graphs are kept."""
+    m = session.model
+    records = []
+    m.speed["cuda_graph"] = False          # graphs.active() reads this; the captured graphs stay
+    try:
+        session.rewind(session.n_steps)
+        while len(records) < n_steps and not session.reached:
+            recs = session.step(1)
+            if not recs:
+                break
+            r = recs[0]
+            records.append(dict(step=r.step, loss=r.loss, handles_rc=[list(map(float, h)) for h in r.handles_grid],
+                                latent=session.current_latent().cpu()))
+    finally:
+        m.speed["cuda_graph"] = True
+    return records
 
 
 def parity_drag_only(off, model, a) -> dict:
@@ -632,6 +666,16 @@ def parity_line(sm: dict) -> str:
     fp = "n/a" if v is None else "inf" if v == float("inf") else f"{v:.2f}"
     return (f"parity: max |dlatent| = {sm['max_dlatent']:.3g} over {sm['n_steps']} steps, handles identical: "
             f"{'yes' if sm['handles_identical'] else 'no'}, final PSNR = {fp} dB")
+
+
+def eager_line(sm: dict) -> str | None:
+    """With CUDA graphs: dragnb's drag loop without them against the official loop, and against the graphed loop."""
+    if "eager_max_dlatent" not in sm:
+        return None
+    return (f"dragnb eager (graphs off, same session): max |dlatent| = {sm['eager_max_dlatent']:.3g} over "
+            f"{sm['eager_n_steps']} steps against the official loop, handles identical: "
+            f"{'yes' if sm['eager_handles_identical'] else 'no'}; graphed against eager: max |dlatent| = "
+            f"{sm['graphed_vs_eager_max_dlatent']:.3g}")
 
 
 def noise_floor_line(sm: dict) -> str | None:
@@ -700,8 +744,9 @@ def main(argv=None):
         v = res["final_psnr_same_rounding_db"]
         print(f"final image PSNR with dragnb's rounding applied to the official float image: "
               f"{'inf' if v == float('inf') else f'{v:.2f}'} dB (run_drag truncates to uint8, dragnb rounds)")
-    if noise_floor_line(sm):
-        print(noise_floor_line(sm))
+    for line in (noise_floor_line(sm), eager_line(sm)):
+        if line:
+            print(line)
     print(parity_line(sm))
     return res
 

@@ -164,6 +164,80 @@ def _re_edit(s, steps: int, dev) -> dict:
     return {"re_edit_s": time.perf_counter() - t, "re_edit_steps": len(recs)}
 
 
+def _device_us(ev) -> float:
+    """An averaged profiler event's own device (kernel) time in microseconds (torch renamed the field in 2.4)."""
+    return float(getattr(ev, "self_device_time_total", None) or getattr(ev, "self_cuda_time_total", 0.0) or 0.0)
+
+
+def profile_drag(model="tiny", size=None, device=None, dtype=None, speed=None, lora_steps=2, warmup_steps=3,
+                 steps=10, top=12) -> dict:
+    """Where a drag step's wall time goes: `steps` steps of a prepared session (after `warmup_steps`, which capture the
+    CUDA graphs when `speed` asks for them) under torch's profiler. Reports the wall time per step, the kernel time per
+    step (the GPU's busy time; 0 on a CPU), their ratio, the operators launched from Python per step, and the
+    operators with the most kernel time and the most host time. A GPU busy for most of the wall time is bound by its
+    arithmetic and memory; one idle for most of it waits for the host (launches, synchronisations, Python)."""
+    from .speed import set_speed
+    if steps < 1 or warmup_steps < 1:
+        raise ValueError(f"steps={steps}, warmup_steps={warmup_steps}: use 1 or more of each")
+    m = model if not isinstance(model, str) else model_by_name(model, device, dtype)
+    before = set_speed(m, **(speed or {}))
+    try:
+        return _profile(m, size, speed, lora_steps, warmup_steps, steps, top)
+    finally:   # the model's options as they were (a compilation stays: it cannot be undone in place)
+        set_speed(m, **{k: v for k, v in before.items() if k != "compile"})
+
+
+def _profile(m, size, speed, lora_steps, warmup_steps, steps, top) -> dict:
+    from torch.profiler import ProfilerActivity, profile
+
+    from .speed import speed_of
+    dev = m.device
+    size = size or m.native_size
+    cfg = m.default_config(lora_steps=lora_steps, drag_steps=warmup_steps + steps, reach_distance=0.5)
+    s = bench_session(m, size, cfg)
+    s.prepare(progress=False)
+    s.step(warmup_steps)
+    _sync(dev)
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        t = time.perf_counter()
+        recs = s.step(steps)
+        _sync(dev)
+        wall = time.perf_counter() - t
+    n = max(1, len(recs))
+    ev = prof.key_averages()
+    device_us = sum(_device_us(e) for e in ev)
+    top_device = sorted(ev, key=_device_us, reverse=True)[:top]
+    top_host = sorted(ev, key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
+    ops = sum(e.count for e in ev if e.key.startswith("aten::"))
+    row = lambda e: dict(op=e.key, calls_per_step=e.count / n, device_ms_per_step=_device_us(e) / 1e3 / n,  # noqa: E731
+                         host_ms_per_step=e.self_cpu_time_total / 1e3 / n)
+    res = dict(model=m.name, size=size, device=str(dev),
+               dtype=str(m.dtype).replace("torch.", ""), speed=speed_of(m), steps=len(recs),
+               wall_s_per_step=wall / n, device_s_per_step=device_us / 1e6 / n,
+               gpu_busy=(device_us / 1e6) / wall if dev.type == "cuda" else None, aten_ops_per_step=ops / n,
+               top_device=[row(e) for e in top_device if _device_us(e) > 0], top_host=[row(e) for e in top_host])
+    if m.speed.get("cuda_graph"):
+        from . import graphs
+        res["graphs"] = graphs.stats(m)
+    return res
+
+
+def profile_table(res: dict) -> str:
+    """The profile as text: one summary line and the two top lists."""
+    busy = "n/a (no GPU)" if res["gpu_busy"] is None else f"{res['gpu_busy']:.0%}"
+    on = ", ".join(k for k, v in res["speed"].items() if v) or "eager"
+    lines = [f"drag step profile ({res['model']} {res['size']} px, {res['device']} {res['dtype']}, {on}, "
+             f"{res['steps']} steps): wall {res['wall_s_per_step'] * 1e3:.1f} ms a step, kernels "
+             f"{res['device_s_per_step'] * 1e3:.1f} ms (GPU busy {busy}), {res['aten_ops_per_step']:.0f} aten ops "
+             f"launched from Python"]
+    for title, key in (("most kernel time", "top_device"), ("most host time", "top_host")):
+        if res[key]:
+            lines.append(f"  {title}: " + "; ".join(f"{r['op']} {r['device_ms_per_step' if key == 'top_device' else 'host_ms_per_step']:.2f} ms"
+                                                     f" ({r['calls_per_step']:g}/step)" for r in res[key]))
+    return "\n".join(lines)
+
+
 def bench_speed(model="tiny", size=None, device=None, dtype=None, drag_steps=6, lora_steps=6, variants=None,
                 deadline=None, on_row=None, verbose=True, re_edit_steps=0) -> dict:
     """Each `dragnb.set_speed` option (and bfloat16) on the same edit: per stage seconds and peak memory, and how

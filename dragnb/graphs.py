@@ -11,14 +11,19 @@ What is graphed, each captured on first use and replayed after:
 * the LoRA fine-tune's UNet call (`training_call`), forward and backward into the trainable adapter weights; the
   noise, the loss, the loss scaling and AdamW stay eager. Not when the fine-tune is checkpointed;
 * the calls without a gradient, the DDIM inversion and the final denoising with or without mutual
-  self-attention (`replayed`, forward only), one graph per timestep, batch shape, guidance and attention setting
-  (`context`: whether mutual self-attention is on at that step, from which layer).
+  self-attention (`replayed`, forward only), one graph per batch shape, guidance and attention setting (`context`:
+  whether mutual self-attention is on at that step, from which layer).
+
+The timestep is not part of a key: every graph reads it from a small device tensor of its own, set before each
+replay (a copy on the GPU, no host synchronisation). The UNet never reads the timestep on the host (a capture would
+fail if it did: reading a GPU value stops the stream), so one graph serves every timestep of its call: the 35 calls
+of an inversion are one capture and 34 replays, and GoodDrag's drag timesteps share one drag graph.
 The numbers are the eager path's (the same kernels in the same order; cuDNN may pick other algorithms). With the
 LoRA and the inversion cached, a re-drag is graph replays and the eager arithmetic between them.
 
 A graph replays the memory it was recorded with, so every key holds the addresses of all UNet parameters and of
 every other tensor it reads from outside (the prompt embeddings, which its entry keeps alive), besides the
-timestep, shapes and dtype. That makes it safe with the LoRA: `lora.applied` swaps each adapted weight's storage
+shapes and dtype. That makes it safe with the LoRA: `lora.applied` swaps each adapted weight's storage
 for the merged W + B·A (the same tensors as long as the LoRA state is the same), so another LoRA, no LoRA, a
 moved UNet or `channels_last` give other keys and fresh captures, and a graph is replayed only while the weights
 it read sit where it read them. All graphs of a UNet share one memory pool: a drag graph's forward is always
@@ -44,9 +49,10 @@ from .features import capture_block_output, resize_features
 __all__ = ["active", "drag_forward", "replayed", "training_call", "stats", "stats_line", "failure_text", "clear", "check_model", "MAX_GRAPHS"]
 
 MAX_GRAPHS = 16
-"""Drag-step graphs kept per UNet (GoodDrag drags at about 7 timesteps); the oldest goes first beyond it."""
-MAX_NO_GRAD_GRAPHS = 128
-"""Graphs of UNet calls without a gradient kept per UNet (inversion and denoising: 35 timesteps each by default)."""
+"""Drag-step graphs kept per UNet (one per feature block, latent shape and set of weights); the oldest goes first."""
+MAX_NO_GRAD_GRAPHS = 32
+"""Graphs of UNet calls without a gradient kept per UNet (one per batch shape, guidance, attention setting and set
+of weights: an edit makes two or three)."""
 
 
 class _Graphs:
@@ -54,6 +60,7 @@ class _Graphs:
 
     def __init__(self):
         self.entries: dict[tuple, object] = {}     # drag step: key -> (graphed fn, t tensor, cond) | Exception
+        # (every entry's t tensor is set to the call's timestep before its replay: keys hold no timestep)
         self.lora: dict[tuple, object] = {}        # LoRA fine-tune step: key -> (graphed module,) | Exception
         self.no_grad: dict[tuple, object] = {}     # key -> (replay, static x, static output, t tensor, cond) | Exception
         self.pool = None
@@ -114,7 +121,8 @@ def _param_addresses(unet) -> tuple:
 
 
 def _capture(model, cond, latent, t: int, feature_block: int, g: _Graphs):
-    """Record the UNet call at timestep t for latents shaped like `latent`; returns (graphed fn, t tensor, cond)."""
+    """Record the UNet call for latents shaped like `latent`, reading its timestep from a device tensor (t at the
+    capture; the caller sets it before each replay); returns (graphed fn, t tensor, cond)."""
     unet, dtype = model.unet, model.dtype
     t_dev = torch.tensor(t, dtype=torch.int64, device=latent.device)   # a tensor: no host copy inside the graph
 
@@ -144,9 +152,9 @@ def _graphs_of(model) -> tuple[_Graphs, tuple]:
 
 
 def _warmups(g: _Graphs, family: tuple, first: int, later: int) -> int:
-    """Warm-up calls before a capture: `first` for the first graph of a family (same call but for the timestep and
-    the weights' addresses: cuDNN's choices and CUDA's lazy loading happen there), `later` after. Capturing records
-    and does not compute, so a new timestep of a known family costs about one eager call, not three."""
+    """Warm-up calls before a capture: `first` for the first graph of a family (the same call but for the weights'
+    addresses: cuDNN's choices and CUDA's lazy loading happen there), `later` after. Capturing records and does not
+    compute, so a known call under new weights (another LoRA) costs about one eager call, not three."""
     if family in g.warm:
         return later
     g.warm.add(family)
@@ -177,13 +185,13 @@ def drag_forward(model, cond, n_steps: int, feature_block: int, grid_hw, eager):
     arguments) runs where a capture failed. Called inside `unet.using(model, lora_state)`."""
     def forward(latent, t):
         g, params = _graphs_of(model)
-        key = (int(t), int(feature_block), tuple(latent.shape), str(model.dtype), cond.data_ptr(), tuple(cond.shape),
-               params)
-        hit = _lookup(g, g.entries, MAX_GRAPHS, key, f"the drag step at t={int(t)}",
+        key = (int(feature_block), tuple(latent.shape), str(model.dtype), cond.data_ptr(), tuple(cond.shape), params)
+        hit = _lookup(g, g.entries, MAX_GRAPHS, key, "the drag step",
                       lambda: _capture(model, cond, latent, int(t), feature_block, g))
         if hit is None:
             g.eager_calls += 1
             return eager(latent, t)
+        hit[1].fill_(int(t))        # the timestep the graph reads (a kernel on the stream, before the replay's)
         out, raw = hit[0](latent)   # static buffers, overwritten by the next replay: only new tensors leave here
         g.replays += 1
         return resize_features(raw, grid_hw), ddim.prev_step(model.scheduler, out, latent, t, n_steps)
@@ -192,30 +200,32 @@ def drag_forward(model, cond, n_steps: int, feature_block: int, grid_hw, eager):
 
 def replayed(model, fn, cond, guidance: float, context=None):
     """`fn` (`unet.guided_unet_fn(model, cond, guidance)`: (x, t) -> UNet output, no gradient) replayed from CUDA
-    graphs when the model's `cuda_graph` option is on, else `fn` itself. One graph per timestep, batch shape and
+    graphs when the model's `cuda_graph` option is on, else `fn` itself. One graph per batch shape, guidance and
     `context()` (a hashable the caller gives for what else shapes the call, e.g. whether mutual self-attention is
-    active at this step), captured on first use; the inversion and the final denoising use it."""
+    active at this step), captured on first use and replayed at every timestep (set in the graph's own timestep
+    tensor before each replay); the inversion and the final denoising use it."""
     if not active(model):
         return fn
 
     def call(x, t):
         g, params = _graphs_of(model)
         unc = model.encode_prompt("") if guidance != 1.0 else cond     # guidance reads the empty prompt's embeddings
-        key = (int(t), tuple(x.shape), str(x.dtype), str(model.dtype), float(guidance), cond.data_ptr(),
+        key = (tuple(x.shape), str(x.dtype), str(model.dtype), float(guidance), cond.data_ptr(),
                tuple(cond.shape), unc.data_ptr(), None if context is None else context(), params)
 
         def capture():
             static_x = x.detach().clone()
             t_dev = torch.tensor(int(t), dtype=torch.int64, device=x.device)
             replay, out = _graph_no_grad(lambda: fn(static_x, t_dev), _pool_of(g),
-                                         _warmups(g, ("no_grad",) + key[1:-1], 2, 0))   # all but t and addresses
+                                         _warmups(g, ("no_grad",) + key[:-1], 2, 0))   # all but the addresses
             return replay, static_x, out, t_dev, cond, unc
-        hit = _lookup(g, g.no_grad, MAX_NO_GRAD_GRAPHS, key, f"a UNet call at t={int(t)}", capture)
+        hit = _lookup(g, g.no_grad, MAX_NO_GRAD_GRAPHS, key, "a UNet call without a gradient", capture)
         if hit is None:
             g.eager_calls += 1
             return fn(x, t)
-        replay, static_x, out = hit[:3]
+        replay, static_x, out, t_dev = hit[:4]
         static_x.copy_(x)
+        t_dev.fill_(int(t))
         replay()
         g.replays += 1
         return out.clone()          # the static output is overwritten by the next replay

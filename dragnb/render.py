@@ -24,7 +24,7 @@ def denoise(model, cond, lora_state, config, source_latent: torch.Tensor, z_hat:
         if mutual:
             start = c.attn_start_step if attn_start is None else attn_start
             with mutual_self_attention(model.unet, start, c.attn_start_layer) as ctl:
-                # (graphed when the model's cuda_graph option is on: one graph per step and attention setting)
+                # (graphed when the model's cuda_graph option is on: one graph per attention setting, replayed at every step)
                 fn = replayed_unet_fn(model, cond, c.guidance_scale,
                                       lambda: ("mutual", c.attn_start_layer, ctl.step >= start))
                 z = ddim.denoise(fn, model.scheduler, torch.cat([source_latent, z_hat]), c.n_inference_steps, k,

@@ -166,27 +166,28 @@ def test_graphed_steps_equal_eager_steps(emulated, method, steps):
     assert recs1 == recs0 and torch.equal(lat1, lat0)
     st = graphs.stats(m)
     timesteps = {t for _, _, t in recs1}
-    assert st["drag_graphs"] == len(timesteps) and st["lora_graphs"] == 1            # and the LoRA fine-tune's
-    assert emulated.captures == len(timesteps) + 1
+    # one drag graph for every timestep (it reads the timestep from its own tensor), and the LoRA fine-tune's
+    assert st["drag_graphs"] == 1 and st["lora_graphs"] == 1 and emulated.captures == 2
     if method == "gooddrag":
-        assert len(timesteps) >= 2                 # one graph per timestep the method drags at
-    inversion = st["no_grad_graphs"]               # the inversion's calls were graphed too
-    assert inversion == emulated.no_grad_captures == s.config.drag_step_index
+        assert len(timesteps) >= 2                 # replayed at each timestep the method drags at
+    # the inversion's calls were graphed too: one graph, replayed at each of its timesteps
+    assert st["no_grad_graphs"] == emulated.no_grad_captures == 1
+    inversion = s.config.drag_step_index
     lora_steps = s.config.lora_steps
     assert st["replays"] == lora_steps + steps + inversion and st["failures"] == [] and st["eager_calls"] == 0
     # the final denoising (mutual self-attention) in graphs: the same image; a second render only replays
     assert np.array_equal(np.asarray(s.result()), np.asarray(_edit(tiny_model(seed=0), method, steps, **cfg)[0].result()))
     n = emulated.no_grad_captures
-    assert n > inversion and graphs.stats(m)["eager_calls"] == 0
+    assert n > 1 and graphs.stats(m)["eager_calls"] == 0
     if method == "dragdiffusion":                   # render_latent denoises from the drag timestep, as result() here
         before = graphs.stats(m)["replays"]
         s.render_latent(s.current_latent())
         assert emulated.no_grad_captures == n and graphs.stats(m)["replays"] > before
-    # warm-up calls only for the first graph of a kind of call: a new timestep is captured straight away
+    # one graph per kind of call, each with its warm-up calls
     w = emulated.warmups
-    assert w.count(3) == 2 and w.count(1) == len(timesteps) - 1          # the fine-tune's and the drag's first
+    assert w.count(3) == 2 and w.count(1) == 0                          # the fine-tune's and the drag's
     families = 2 if method == "dragdiffusion" else 3     # inversion, denoising (GoodDrag: before and after mutual attn)
-    assert w.count(2) == families and w.count(0) == emulated.no_grad_captures - families
+    assert w.count(2) == families == emulated.no_grad_captures and w.count(0) == 0
 
 
 def test_mutual_attention_from_a_later_step_is_another_graph(emulated):
@@ -247,7 +248,7 @@ def test_a_failed_capture_warns_once_and_the_edit_goes_on_eagerly(monkeypatch):
     st = graphs.stats(m)
     inversion, lora_steps = m.default_config(**FAST).drag_step_index, FAST["lora_steps"]
     assert st["captures"] == 0 and st["eager_calls"] == lora_steps + 4 + inversion
-    assert len(st["failures"]) == 1 + 1 + inversion                 # each key once: the fine-tune, the drag, inversion
+    assert len(st["failures"]) == 3                # each key once: the fine-tune, the drag, the inversion's UNet call
     assert all("operation not permitted" in f for f in st["failures"])
 
 
@@ -367,6 +368,25 @@ def test_a_generated_image_in_graphs_is_the_eager_one(emulated):
     a, b = DragSession.generate(m0, **kw), DragSession.generate(m, **kw)
     assert np.array_equal(np.asarray(a.image), np.asarray(b.image))
     n = emulated.no_grad_captures
-    assert n == 8 and graphs.stats(m)["eager_calls"] == 0
+    assert n == 1 and graphs.stats(m)["eager_calls"] == 0      # one graph for the 8 sampling steps
     DragSession.generate(m, **kw)
     assert emulated.no_grad_captures == n
+
+
+def test_profile_of_a_drag_step_eager_and_graphed(emulated):
+    """dragnb.bench.profile_drag (part 4 of the GPU call): per-step figures from torch's profiler, the kernel time 0
+    on a CPU, and the model's options put back afterwards (graphs dropped, as set_speed(cuda_graph=False) does)."""
+    from dragnb.bench import profile_drag, profile_table
+    m = tiny_model(seed=0)
+    eager = profile_drag(m, size=32, lora_steps=1, warmup_steps=1, steps=2)
+    assert eager["steps"] == 2 and eager["wall_s_per_step"] > 0 and eager["device_s_per_step"] == 0
+    assert eager["gpu_busy"] is None and eager["aten_ops_per_step"] > 50 and eager["top_host"]
+    assert not eager["speed"]["cuda_graph"] and "graphs" not in eager
+    graphed = profile_drag(m, size=32, speed={"cuda_graph": True}, lora_steps=1, warmup_steps=1, steps=2)
+    assert graphed["speed"]["cuda_graph"] and graphed["graphs"]["drag_graphs"] == 1
+    assert graphed["graphs"]["eager_calls"] == 0 and not m.speed["cuda_graph"]
+    text = profile_table(graphed)
+    assert text.startswith("drag step profile (tiny-0 32 px, cpu float32, cuda_graph, 2 steps)")
+    assert "GPU busy n/a (no GPU)" in text and "most host time" in text
+    with pytest.raises(ValueError, match="steps=0"):
+        profile_drag(m, size=32, steps=0)

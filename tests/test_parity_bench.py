@@ -136,3 +136,37 @@ def test_short_parity_run_against_the_official_code(po, capsys):
     assert re.match(r"parity: max \|dlatent\| = \S+ over 4 steps, handles identical: yes, final PSNR = \S+ dB", line)
     assert res["summary"]["max_dlatent"] <= 1e-5
     assert res["stages"]["inversion_z_t"] <= 1e-5 and res["stages"]["whole_edit_image_max_levels_same_rounding"] <= 1
+
+
+def test_eager_rerun_of_a_graphed_session(po, monkeypatch):
+    """With CUDA graphs on, parity_sd reruns dragnb's drag loop eagerly in the same session: the same z_t and LoRA,
+    the graphs neither used nor dropped, and the option back on afterwards. Under the stand-in for torch's capture
+    the graphed and eager loops agree exactly, so the rerun's records equal the graphed ones."""
+    from test_graphs import Emulation
+
+    from dragnb import DragSession, graphs, set_speed
+    from dragnb.models import tiny_model
+    from scenes import FAST, disc_scene
+    emu = Emulation()
+    monkeypatch.setattr(graphs, "_make_graphed", emu)
+    monkeypatch.setattr(graphs, "_graph_no_grad", emu.no_grad)
+    monkeypatch.setattr(graphs, "_pool", lambda: "pool")
+    monkeypatch.setattr(graphs, "check_model", lambda model: None)
+    m = tiny_model(seed=0)
+    set_speed(m, cuda_graph=True)
+    emu.unet = m.unet
+    s = DragSession(m, disc_scene(), prompt="a disc", seed=0, config=m.default_config(method="dragdiffusion", **FAST))
+    s.add_drag((10, 16), (22, 16))
+    graphed = [(r.handles_grid, s.current_latent().clone()) for r in (s.step(1)[0] for _ in range(4))]
+    before = graphs.stats(m)
+    recs = po.eager_drag_rerun(s, 4)
+    after = graphs.stats(m)
+    assert m.speed["cuda_graph"] and after["drag_graphs"] == before["drag_graphs"] == 1
+    assert (after["captures"], after["replays"], after["eager_calls"]) == (before["captures"], before["replays"], 0)
+    assert len(recs) == 4 and s.n_steps == 4
+    for (h, lat), r in zip(graphed, recs):
+        assert r["handles_rc"] == [list(map(float, x)) for x in h] and torch.equal(r["latent"], lat)
+    sm = dict(eager_max_dlatent=0.25, eager_n_steps=80, eager_handles_identical=False, graphed_vs_eager_max_dlatent=0.1)
+    assert po.eager_line(sm) == ("dragnb eager (graphs off, same session): max |dlatent| = 0.25 over 80 steps against "
+                                 "the official loop, handles identical: no; graphed against eager: max |dlatent| = 0.1")
+    assert po.eager_line({"max_dlatent": 0.0}) is None
