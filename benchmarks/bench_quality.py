@@ -43,7 +43,8 @@ METHODS = {
     "patch tracker (track_patch=2)": dict(track_patch=2),
     "r_m=3 (7x7-cell patch)": dict(r_m=3),
     "r_m=5 (11x11-cell patch)": dict(r_m=5),
-    "DragDiffusion (official loop)": dict(method="dragdiffusion", reach_distance=2.0),   # the official reach too
+    # the official reach and step size too (the demo model's drag_lr override is GoodDrag's)
+    "DragDiffusion (official loop)": dict(method="dragdiffusion", reach_distance=2.0, drag_lr=0.01),
     "GoodDrag (alternating drag and denoise)": dict(method="gooddrag"),
     "restricted tracking": dict(restrict_tracking=True),
     "warp init 0.5": dict(warp_init=0.5),
@@ -56,6 +57,9 @@ METHODS = {
     "GoodDrag without early stops": dict(method="gooddrag", round_loss_threshold=0.0, max_rounds_no_change=1000),
     "reach_distance 1 cell": dict(reach_distance=1.0),
     "reach_distance 2 cells (official)": dict(reach_distance=2.0),
+    "drag_lr 0.02": dict(drag_lr=0.02),
+    "drag_lr 0.04": dict(drag_lr=0.04),
+    "drag_lr 0.05": dict(drag_lr=0.05),
 }
 SHORT = {"full": "full", "nolora": "no LoRA (lora_steps=0)", "nomask": "no mask term (lam=0)",
          "nomutual": "no mutual self-attention", "steps20": "20 drag steps",
@@ -67,7 +71,8 @@ SHORT = {"full": "full", "nolora": "no LoRA (lora_steps=0)", "nomask": "no mask 
          "nopaint": "no painted mask", "convlora": "conv LoRA (attention+conv)",
          "gd_restrict": "GoodDrag + restricted tracking", "gd_warp": "GoodDrag + warp init 0.5",
          "gd_convlora": "GoodDrag + conv LoRA", "gd_nostop": "GoodDrag without early stops",
-         "reach1": "reach_distance 1 cell", "reach2": "reach_distance 2 cells (official)"}
+         "reach1": "reach_distance 1 cell", "reach2": "reach_distance 2 cells (official)",
+         "lr02": "drag_lr 0.02", "lr04": "drag_lr 0.04", "lr05": "drag_lr 0.05"}
 
 
 def run_methods(model, case, overrides_list: list[dict], seed: int = 0) -> list[tuple]:
