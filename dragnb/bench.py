@@ -188,6 +188,7 @@ def profile_drag(model="tiny", size=None, device=None, dtype=None, speed=None, l
 
 
 def _profile(m, size, speed, lora_steps, warmup_steps, steps, top) -> dict:
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     from .speed import speed_of
@@ -206,9 +207,15 @@ def _profile(m, size, speed, lora_steps, warmup_steps, steps, top) -> dict:
         wall = time.perf_counter() - t
     n = max(1, len(recs))
     ev = prof.key_averages()
-    device_us = sum(_device_us(e) for e in ev)
-    top_device = sorted(ev, key=_device_us, reverse=True)[:top]
-    top_host = sorted(ev, key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
+    # the kernels are the events on the device (a host operator's device time repeats its kernels'): their sum is
+    # the GPU's busy time, as the footer of torch's profiler table counts it. Their count per step shows whether the
+    # kernels inside graph replays were traced (about as many as eagerly) or not (far fewer)
+    kernels = [e for e in ev if getattr(e, "device_type", DeviceType.CPU) != DeviceType.CPU]
+    device_us = sum(_device_us(e) for e in kernels)
+    top_device = sorted(kernels, key=_device_us, reverse=True)[:top]
+    on_device = {id(e) for e in kernels}
+    top_host = sorted((e for e in ev if id(e) not in on_device), key=lambda e: e.self_cpu_time_total,
+                      reverse=True)[:top]
     ops = sum(e.count for e in ev if e.key.startswith("aten::"))
     row = lambda e: dict(op=e.key, calls_per_step=e.count / n, device_ms_per_step=_device_us(e) / 1e3 / n,  # noqa: E731
                          host_ms_per_step=e.self_cpu_time_total / 1e3 / n)
@@ -216,6 +223,7 @@ def _profile(m, size, speed, lora_steps, warmup_steps, steps, top) -> dict:
                dtype=str(m.dtype).replace("torch.", ""), speed=speed_of(m), steps=len(recs),
                wall_s_per_step=wall / n, device_s_per_step=device_us / 1e6 / n,
                gpu_busy=(device_us / 1e6) / wall if dev.type == "cuda" else None, aten_ops_per_step=ops / n,
+               kernels_per_step=sum(e.count for e in kernels) / n,
                top_device=[row(e) for e in top_device if _device_us(e) > 0], top_host=[row(e) for e in top_host])
     if m.speed.get("cuda_graph"):
         from . import graphs
@@ -229,9 +237,9 @@ def profile_table(res: dict) -> str:
     on = ", ".join(k for k, v in res["speed"].items() if v) or "eager"
     lines = [f"drag step profile ({res['model']} {res['size']} px, {res['device']} {res['dtype']}, {on}, "
              f"{res['steps']} steps): wall {res['wall_s_per_step'] * 1e3:.1f} ms a step, kernels "
-             f"{res['device_s_per_step'] * 1e3:.1f} ms (GPU busy {busy}), {res['aten_ops_per_step']:.0f} aten ops "
-             f"launched from Python"]
-    for title, key in (("most kernel time", "top_device"), ("most host time", "top_host")):
+             f"{res['device_s_per_step'] * 1e3:.1f} ms in {res['kernels_per_step']:.0f} kernels (GPU busy {busy}), "
+             f"{res['aten_ops_per_step']:.0f} aten ops launched from Python"]
+    for title, key in (("kernels with the most time", "top_device"), ("most host time", "top_host")):
         if res[key]:
             lines.append(f"  {title}: " + "; ".join(f"{r['op']} {r['device_ms_per_step' if key == 'top_device' else 'host_ms_per_step']:.2f} ms"
                                                      f" ({r['calls_per_step']:g}/step)" for r in res[key]))

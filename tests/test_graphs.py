@@ -387,6 +387,7 @@ def test_profile_of_a_drag_step_eager_and_graphed(emulated):
     assert graphed["graphs"]["eager_calls"] == 0 and not m.speed["cuda_graph"]
     text = profile_table(graphed)
     assert text.startswith("drag step profile (tiny-0 32 px, cpu float32, cuda_graph, 2 steps)")
-    assert "GPU busy n/a (no GPU)" in text and "most host time" in text
+    assert "GPU busy n/a (no GPU)" in text and "in 0 kernels" in text and "most host time" in text
+    assert eager["kernels_per_step"] == 0 and not eager["top_device"]        # no device events on a CPU
     with pytest.raises(ValueError, match="steps=0"):
         profile_drag(m, size=32, steps=0)
