@@ -41,10 +41,11 @@ METHODS = {
     "LoRA 40 steps, lr 1e-3": dict(lora_steps=40, lora_lr=1e-3),
     "LoRA batch 2": dict(lora_batch_size=2),
     "patch tracker (track_patch=2)": dict(track_patch=2),
+    "r_m=2 (5x5-cell patch)": dict(r_m=2),
     "r_m=3 (7x7-cell patch)": dict(r_m=3),
     "r_m=5 (11x11-cell patch)": dict(r_m=5),
-    # the official reach and step size too (the demo model's drag_lr override is GoodDrag's)
-    "DragDiffusion (official loop)": dict(method="dragdiffusion", reach_distance=2.0, drag_lr=0.01),
+    # the official reach, step size and patch too (the demo model's drag_lr and r_m overrides are for GoodDrag)
+    "DragDiffusion (official loop)": dict(method="dragdiffusion", reach_distance=2.0, drag_lr=0.01, r_m=1),
     "GoodDrag (alternating drag and denoise)": dict(method="gooddrag"),
     "restricted tracking": dict(restrict_tracking=True),
     "warp init 0.5": dict(warp_init=0.5),
@@ -65,7 +66,7 @@ SHORT = {"full": "full", "nolora": "no LoRA (lora_steps=0)", "nomask": "no mask 
          "nomutual": "no mutual self-attention", "steps20": "20 drag steps",
          "lora40": "LoRA 40 steps, lr 5e-4", "lora80": "official LoRA (80 steps, lr 5e-4)",
          "lora40lr": "LoRA 40 steps, lr 1e-3", "lorab2": "LoRA batch 2", "trackpatch": "patch tracker (track_patch=2)",
-         "rm3": "r_m=3 (7x7-cell patch)", "rm5": "r_m=5 (11x11-cell patch)",
+         "rm2": "r_m=2 (5x5-cell patch)", "rm3": "r_m=3 (7x7-cell patch)", "rm5": "r_m=5 (11x11-cell patch)",
          "dragdiffusion": "DragDiffusion (official loop)", "gooddrag": "GoodDrag (alternating drag and denoise)",
          "restrict": "restricted tracking", "warp": "warp init 0.5", "automask": "auto mask (no painted mask)",
          "nopaint": "no painted mask", "convlora": "conv LoRA (attention+conv)",

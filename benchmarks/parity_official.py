@@ -461,14 +461,14 @@ OFFICIAL_REACH = 2.0   # drag_utils.py: a handle within 2 cells of its target is
 
 def official_config(model, a):
     """The model's defaults with the official method: the comparison is of DragDiffusion's loop, whatever drag method
-    the model defaults to (the demo model defaults to GoodDrag with a 1-cell reach and a drag_lr of 0.04; the official
-    code has neither: its reach and step size are used).
+    the model defaults to (the demo model defaults to GoodDrag with a 1-cell reach, a drag_lr of 0.04 and r_m 3; the
+    official code has none of these: its reach, step size and patch radius are used).
     Also puts dragnb's UNet work on torch's own thread count, which the official code runs on: on a 2-core CPU
     dragnb's policy would use 1 thread, and different thread counts round reductions differently (2e-6 after 3 steps)."""
     from dragnb import set_threads
     set_threads("torch")
     return model.default_config(method="dragdiffusion", reach_distance=OFFICIAL_REACH, drag_steps=a.steps,
-                                lora_steps=a.lora_steps, drag_lr=OFFICIAL_DEFAULTS["drag_lr"])
+                                lora_steps=a.lora_steps, drag_lr=OFFICIAL_DEFAULTS["drag_lr"], r_m=OFFICIAL_DEFAULTS["r_m"])
 
 
 def parity_sd(off, model, a) -> dict:

@@ -68,6 +68,11 @@ DEMO_CONFIG_OVERRIDES = dict(
     # 0.06 and 0.08 lost a shape), and the 50 held-out benchmark cases 0.46 against 0.50 (IoU 0.38 vs 0.36; 31 of 50
     # cases better on each, paired mean -0.034 +- 0.026), in 70 drag steps instead of 108
     drag_lr=0.04,
+    # motion supervision on 7x7-cell patches (r_m 3) instead of GoodDrag's radius scaled to this grid (1: 3x3): with
+    # drag_lr 0.04, 12 tuning cases gave 0.24 of the drag left against 0.35 (IoU 0.47 vs 0.37; r_m 2: 0.30 / 0.47,
+    # r_m 4: 0.34 / 0.43, 1 lost), and the 50 held-out cases 0.27 against 0.46 (IoU 0.48 vs 0.38, no shape lost;
+    # paired -0.19 +- 0.03 and +0.10 +- 0.02). A patch that covers the shape moves the shape, not a colour blob
+    r_m=3,
     # SD-1.5 starts mutual self-attention at transformer block 10 of 16 (its up-path blocks);
     # this UNet has 4 (down 0, mid 1, up 2, 3): start at its up path.
     attn_start_layer=2,
