@@ -422,19 +422,27 @@ def dragnb_edit(model, image, mask, drag, cfg, prompt, seed, clock, prefix="drag
     t0 = clock.mark()
     s.prepare(progress=False, callback=cb)
     clock.sync()
-    records = []
     t = clock.mark()
-    while len(records) < cfg.drag_steps and not s.reached:
-        recs = s.step(1)
-        if not recs:
-            break
-        r = recs[0]
-        records.append(dict(step=r.step, loss=r.loss, motion_loss=r.motion_loss, mask_loss=r.mask_loss,
-                            handles_rc=[list(map(float, h)) for h in r.handles_grid], latent=s.current_latent().cpu()))
+    records = drag_records(s, cfg.drag_steps)
     t = clock.record(f"{prefix}.drag_loop", t)
     img = np.asarray(s.result())
     clock.record(f"{prefix}.denoise", t)
     return s, records, img
+
+
+def drag_records(session, n_steps: int) -> list:
+    """Up to `n_steps` drag steps of `session`, one at a time until it reaches its targets: per step its losses,
+    handles (grid, as floats) and latent (on the CPU)."""
+    records = []
+    while len(records) < n_steps and not session.reached:
+        recs = session.step(1)
+        if not recs:
+            break
+        r = recs[0]
+        records.append(dict(step=r.step, loss=r.loss, motion_loss=r.motion_loss, mask_loss=r.mask_loss,
+                            handles_rc=[list(map(float, h)) for h in r.handles_grid],
+                            latent=session.current_latent().cpu()))
+    return records
 
 
 def lora_reconstruction(model, session, image, cfg, prompt, seed) -> dict:
@@ -592,23 +600,15 @@ def parity_sd(off, model, a) -> dict:
 
 def eager_drag_rerun(session, n_steps: int) -> list:
     """The session's drag loop once more from step 0 with the model's CUDA graphs off (the LoRA, inversion and source
-    features cached: the same z_t as the graphed loop), as records like `dragnb_edit`'s. The session is left at the
-    end of this eager loop; the graphs are kept."""
+    features cached: the same z_t as the graphed loop), as `drag_records`. The session is left at the end of this
+    eager loop; the graphs are kept."""
     m = session.model
-    records = []
     m.speed["cuda_graph"] = False          # graphs.active() reads this; the captured graphs stay
     try:
         session.rewind(session.n_steps)
-        while len(records) < n_steps and not session.reached:
-            recs = session.step(1)
-            if not recs:
-                break
-            r = recs[0]
-            records.append(dict(step=r.step, loss=r.loss, handles_rc=[list(map(float, h)) for h in r.handles_grid],
-                                latent=session.current_latent().cpu()))
+        return drag_records(session, n_steps)
     finally:
         m.speed["cuda_graph"] = True
-    return records
 
 
 def parity_drag_only(off, model, a) -> dict:

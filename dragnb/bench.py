@@ -174,7 +174,7 @@ def profile_drag(model="tiny", size=None, device=None, dtype=None, speed=None, l
     """Where a drag step's wall time goes: `steps` steps of a prepared session (after `warmup_steps`, which capture the
     CUDA graphs when `speed` asks for them) under torch's profiler. Reports the wall time per step, the kernel time per
     step (the GPU's busy time; 0 on a CPU), their ratio, the operators launched from Python per step, and the
-    operators with the most kernel time and the most host time. A GPU busy for most of the wall time is bound by its
+    kernels with the most time and the host operators with the most time. A GPU busy for most of the wall time is bound by its
     arithmetic and memory; one idle for most of it waits for the host (launches, synchronisations, Python)."""
     from .speed import set_speed
     if steps < 1 or warmup_steps < 1:
@@ -182,12 +182,12 @@ def profile_drag(model="tiny", size=None, device=None, dtype=None, speed=None, l
     m = model if not isinstance(model, str) else model_by_name(model, device, dtype)
     before = set_speed(m, **(speed or {}))
     try:
-        return _profile(m, size, speed, lora_steps, warmup_steps, steps, top)
+        return _profile(m, size, lora_steps, warmup_steps, steps, top)
     finally:   # the model's options as they were (a compilation stays: it cannot be undone in place)
         set_speed(m, **{k: v for k, v in before.items() if k != "compile"})
 
 
-def _profile(m, size, speed, lora_steps, warmup_steps, steps, top) -> dict:
+def _profile(m, size, lora_steps, warmup_steps, steps, top) -> dict:
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
@@ -239,10 +239,11 @@ def profile_table(res: dict) -> str:
              f"{res['steps']} steps): wall {res['wall_s_per_step'] * 1e3:.1f} ms a step, kernels "
              f"{res['device_s_per_step'] * 1e3:.1f} ms in {res['kernels_per_step']:.0f} kernels (GPU busy {busy}), "
              f"{res['aten_ops_per_step']:.0f} aten ops launched from Python"]
-    for title, key in (("kernels with the most time", "top_device"), ("most host time", "top_host")):
+    for title, key, ms in (("kernels with the most time", "top_device", "device_ms_per_step"),
+                           ("most host time", "top_host", "host_ms_per_step")):
         if res[key]:
-            lines.append(f"  {title}: " + "; ".join(f"{r['op']} {r['device_ms_per_step' if key == 'top_device' else 'host_ms_per_step']:.2f} ms"
-                                                     f" ({r['calls_per_step']:g}/step)" for r in res[key]))
+            lines.append(f"  {title}: " + "; ".join(f"{r['op']} {r[ms]:.2f} ms ({r['calls_per_step']:g}/step)"
+                                                     for r in res[key]))
     return "\n".join(lines)
 
 

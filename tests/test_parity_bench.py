@@ -124,6 +124,8 @@ def test_drag_loop_taps_on_a_stand_in(po):
     assert len(tap.latents) == 4 and len(tap.x_prevs) == 4      # the F0 call + one per step
 
 
+from test_graphs import emulated  # noqa: E402,F401  (the stand-in for torch's CUDA graph capture, a fixture)
+
 OFFICIAL = os.environ.get("DRAGNB_OFFICIAL_DIR", "")
 
 
@@ -138,23 +140,16 @@ def test_short_parity_run_against_the_official_code(po, capsys):
     assert res["stages"]["inversion_z_t"] <= 1e-5 and res["stages"]["whole_edit_image_max_levels_same_rounding"] <= 1
 
 
-def test_eager_rerun_of_a_graphed_session(po, monkeypatch):
+def test_eager_rerun_of_a_graphed_session(po, emulated):
     """With CUDA graphs on, parity_sd reruns dragnb's drag loop eagerly in the same session: the same z_t and LoRA,
     the graphs neither used nor dropped, and the option back on afterwards. Under the stand-in for torch's capture
     the graphed and eager loops agree exactly, so the rerun's records equal the graphed ones."""
-    from test_graphs import Emulation
-
     from dragnb import DragSession, graphs, set_speed
     from dragnb.models import tiny_model
     from scenes import FAST, disc_scene
-    emu = Emulation()
-    monkeypatch.setattr(graphs, "_make_graphed", emu)
-    monkeypatch.setattr(graphs, "_graph_no_grad", emu.no_grad)
-    monkeypatch.setattr(graphs, "_pool", lambda: "pool")
-    monkeypatch.setattr(graphs, "check_model", lambda model: None)
     m = tiny_model(seed=0)
     set_speed(m, cuda_graph=True)
-    emu.unet = m.unet
+    emulated.unet = m.unet
     s = DragSession(m, disc_scene(), prompt="a disc", seed=0, config=m.default_config(method="dragdiffusion", **FAST))
     s.add_drag((10, 16), (22, 16))
     graphed = [(r.handles_grid, s.current_latent().clone()) for r in (s.step(1)[0] for _ in range(4))]
