@@ -11,8 +11,9 @@ how to get it). Its modules are imported from DIR at run time (`drag_pipeline.py
   * `OfficialAdapter` builds its `DragPipeline` on the SAME unet / vae / text encoder / tokenizer objects as the
     dragnb model (and its own DDIM scheduler from the same config), installs its UNet forward override and its
     attention editor only while official code runs, and removes them afterwards (the UNet is shared);
-  * the LoRA is trained once with `dragnb.lora.train_lora` (the official trainer imports diffusers APIs that no
-    longer exist: see PARITY.md) and applied to the shared UNet for both codes with `dragnb.lora.applied`;
+  * the LoRA is trained once, by the dragnb session (`dragnb.lora.train_lora`; the official trainer imports diffusers
+    APIs that no longer exist: see PARITY.md), and those weights are applied to the shared UNet for the official
+    code with `dragnb.lora.applied`;
   * the glue of the official `utils/ui_utils.py:run_drag` (which imports gradio and needs CUDA) is repeated in
     `official_edit`: point and mask conversion, its `args`, inversion, `drag_diffusion_update`, the editor, the
     pipeline call, and its uint8 conversion;
@@ -430,6 +431,18 @@ def dragnb_edit(model, image, mask, drag, cfg, prompt, seed, clock, prefix="drag
     return s, records, img
 
 
+def session_lora(session):
+    """The LoRA weights `session` trained (its cache's entry; None for `lora_steps=0`), for the official stages.
+    Not a second training with the same seed: that equals the session's only where training is deterministic. On a
+    GPU the session trains through its CUDA graphs and a retrain runs eagerly, and in float16 the two part ways
+    (the tenth and eleventh sessions' inversion gap of 0.83-0.87 between the codes came from that, not from the
+    inversion)."""
+    trained = session.cache.counters["lora_trainings"]
+    state = session.cache.train_lora(session.spec).state
+    assert session.cache.counters["lora_trainings"] == trained, "the session's LoRA was not cached"
+    return state
+
+
 def drag_records(session, n_steps: int) -> list:
     """Up to `n_steps` drag steps of `session`, one at a time until it reaches its targets: per step its losses,
     handles (grid, as floats) and latent (on the CPU)."""
@@ -505,13 +518,8 @@ def parity_sd(off, model, a) -> dict:
     res["official_args"] = {k: v for k, v in vars(args).items() if k != "prompt"}
     res["mask_grid_disagreement"] = dict(zip(("cells", "of"), mask_grid_check(s, size, args)))
 
-    # the LoRA: dragnb's trainer with the session's seed and settings (deterministic: the same weights the session
-    # trained, which stage 1's agreement confirms), applied to the shared UNet for the official code
-    lstate = None
-    if cfg.lora_steps:
-        z0 = model.encode(torch.from_numpy(image).permute(2, 0, 1)[None].float() / 127.5 - 1.0)
-        lstate = lora.train_lora(model, z0, model.encode_prompt(prompt), rank=cfg.lora_rank, steps=cfg.lora_steps,
-                                 lr=cfg.lora_lr, batch_size=cfg.lora_batch_size, seed=seed)
+    # the LoRA: the weights the session trained, applied to the shared UNet for the official code
+    lstate = session_lora(s)
     stages = {}
     with lora.applied(model.unet, lstate):
         emb = adapter.text_embeddings(prompt)
@@ -622,11 +630,7 @@ def parity_drag_only(off, model, a) -> dict:
     clock = Clock(model.device)
     s, d_recs, _ = dragnb_edit(model, image, mask, (handle, target), cfg, a.prompt, a.seed, clock)
     z_t = s.latent_at(0)
-    lstate = None
-    if cfg.lora_steps:
-        z0 = model.encode(torch.from_numpy(image).permute(2, 0, 1)[None].float() / 127.5 - 1.0)
-        lstate = lora.train_lora(model, z0, model.encode_prompt(a.prompt), rank=cfg.lora_rank, steps=cfg.lora_steps,
-                                 lr=cfg.lora_lr, batch_size=cfg.lora_batch_size, seed=a.seed)
+    lstate = session_lora(s)
     args = official_args(cfg, a.prompt, (size, size), a.steps)
     fn = guided_unet_fn(model, model.encode_prompt(a.prompt), 1.0)
 

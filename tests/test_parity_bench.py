@@ -165,3 +165,23 @@ def test_eager_rerun_of_a_graphed_session(po, emulated):
     assert po.eager_line(sm) == ("dragnb eager (graphs off, same session): max |dlatent| = 0.25 over 80 steps against "
                                  "the official loop, handles identical: no; graphed against eager: max |dlatent| = 0.1")
     assert po.eager_line({"max_dlatent": 0.0}) is None
+
+
+def test_the_official_stages_get_the_session_s_own_lora(po):
+    """parity_sd and parity_drag_only hand the official code the LoRA the dragnb session trained (its cache entry),
+    not a second training: on a GPU the session trains through CUDA graphs and a retrain would run eagerly, and in
+    float16 the two differ. Taking the weights trains nothing; a session without a LoRA gives None."""
+    from dragnb import DragSession
+    from dragnb.models import tiny_model
+    from scenes import FAST, disc_scene
+    m = tiny_model(seed=0)
+    s = DragSession(m, disc_scene(), prompt="a disc", seed=0, config=m.default_config(**{**FAST, "lora_steps": 2}))
+    s.prepare(progress=False)
+    assert s.cache.counters["lora_trainings"] == 1
+    state = po.session_lora(s)
+    assert s.cache.counters["lora_trainings"] == 1 and state
+    cached = s.cache.train_lora(s.spec).state
+    assert state.keys() == cached.keys() and all(torch.equal(state[k], cached[k]) for k in state)
+    s0 = DragSession(m, disc_scene(), prompt="a disc", seed=0, config=m.default_config(**{**FAST, "lora_steps": 0}))
+    s0.prepare(progress=False)
+    assert po.session_lora(s0) is None
