@@ -23,11 +23,56 @@ def loss_scaler(dtype: torch.dtype, device) -> torch.amp.GradScaler:
     return torch.amp.GradScaler(torch.device(device).type, enabled=needs_scaling(dtype))
 
 
-def scaled_step(scaler: torch.amp.GradScaler, loss: torch.Tensor, optimizer) -> bool:
-    """backward of the (scaled) loss, the optimiser step, the scale's update. Returns False when the scaler
-    skipped the step (an inf/NaN gradient: the parameters are unchanged and the scale halved)."""
-    before = scaler.get_scale() if scaler.is_enabled() else None
-    scaler.scale(loss).backward()
+def scaled_step(scaler: torch.amp.GradScaler, loss: torch.Tensor, optimizer) -> torch.Tensor | bool:
+    """backward of the (scaled) loss, the optimiser step, the scale's update. Returns whether the step was taken:
+    True when the scaler is off; else a 0-dim bool tensor on the loss's device, False where the scaler skipped the
+    step (an inf/NaN gradient: the parameters are unchanged and the scale halved). A tensor, so that the caller reads
+    it together with whatever else it needs from the device, in one synchronisation (`GradScaler.get_scale()` is
+    one each)."""
+    if not scaler.is_enabled():
+        loss.backward()
+        optimizer.step()
+        return True
+    scaled = scaler.scale(loss)                      # creates the scale tensor on first use
+    before = _scale_tensor(scaler)
+    before = before.clone() if before is not None else torch.tensor(scaler.get_scale(), device=loss.device)
+    scaled.backward()
     scaler.step(optimizer)
     scaler.update()
-    return before is None or scaler.get_scale() >= before
+    after = _scale_tensor(scaler)
+    return (after if after is not None else torch.tensor(scaler.get_scale(), device=loss.device)) >= before
+
+
+def _scale_tensor(scaler):
+    s = getattr(scaler, "_scale", None)              # GradScaler keeps its scale as a 0-dim device tensor
+    return s if isinstance(s, torch.Tensor) else None
+
+
+def scaler_state(scaler: torch.amp.GradScaler) -> dict:
+    """The scaler's state for a snapshot without reading the device: the scale and the growth tracker as tensor
+    copies (`GradScaler.state_dict()` reads both to the host, a synchronisation each, and a drag step snapshots its
+    state twice). {} for a disabled scaler. `load_scaler_state` and `portable_scaler_state` take either form."""
+    if not scaler.is_enabled():
+        return {}
+    scale, tracker = _scale_tensor(scaler), getattr(scaler, "_growth_tracker", None)
+    if scale is None or not isinstance(tracker, torch.Tensor):   # not used yet: nothing on the device to copy
+        return scaler.state_dict()
+    return {"scale": scale.detach().clone(), "growth_factor": scaler.get_growth_factor(),
+            "backoff_factor": scaler.get_backoff_factor(), "growth_interval": scaler.get_growth_interval(),
+            "_growth_tracker": tracker.detach().clone()}
+
+
+def portable_scaler_state(state: dict) -> dict:
+    """`scaler_state`'s dict with plain numbers (GradScaler.state_dict()'s form): for saving, and for loading."""
+    out = dict(state or {})
+    if isinstance(out.get("scale"), torch.Tensor):
+        out["scale"] = float(out["scale"])
+    if isinstance(out.get("_growth_tracker"), torch.Tensor):
+        out["_growth_tracker"] = int(out["_growth_tracker"])
+    return out
+
+
+def load_scaler_state(scaler: torch.amp.GradScaler, state: dict) -> None:
+    """Put a `scaler_state` (or `GradScaler.state_dict()`) back into `scaler`; nothing for an empty one."""
+    if state:
+        scaler.load_state_dict(portable_scaler_state(state))

@@ -6,13 +6,14 @@ Points are on the supervision grid, `(row, col)` float tensors `(N, 2)`; the lat
 from __future__ import annotations
 
 import copy
+import math
 import time
 from dataclasses import asdict, dataclass
 from typing import Callable
 
 import torch
 
-from .amp import loss_scaler, scaled_step
+from .amp import load_scaler_state, loss_scaler, portable_scaler_state, scaled_step, scaler_state
 from .drag import all_reached, mask_loss
 from .methods.base import DragMethod, Position
 
@@ -120,16 +121,23 @@ class DragState:
             l_motion = m.motion_loss(c, feat, ref, self.handles0_rc, handles, self.targets_rc)
             l_mask = mask_loss(x_prev.float(), ref.x_prev.float(), ctx.mask_latent, c.lam)
             loss = l_motion + l_mask
-            if not bool(torch.isfinite(loss)):
-                raise DragDiverged(f"loss={float(loss)}")
             # 5. update (float16: the scaled loss; a step with an inf/NaN gradient is skipped, as the official's)
             self.optimizer.zero_grad(set_to_none=True)
             stepped = scaled_step(self.scaler, loss, self.optimizer)
             self.optimizer.zero_grad(set_to_none=True)
-            if not bool(torch.isfinite(self.latent).all()):
+            # what the host needs from this step, read in one synchronisation (on a GPU each read waits for it and
+            # leaves it idle until the next launch); a non-finite loss or latent undoes the step (the except below)
+            loss_v, motion_v, mask_v, latent_ok, stepped = torch.stack([
+                loss.detach().float().reshape(()), l_motion.detach().float().reshape(()),
+                l_mask.detach().float().reshape(()), torch.isfinite(self.latent.detach()).all().float(),
+                stepped.float() if isinstance(stepped, torch.Tensor) else loss.new_full((), float(stepped))]).tolist()
+            if not math.isfinite(loss_v):
+                raise DragDiverged(f"loss={loss_v}")
+            if not latent_ok:
                 raise DragDiverged("latent")
+            stepped = bool(stepped)
             # 6. advance: the method may track again (with this step's features) and move to the next timestep
-            adv = m.advance(c, pos, float(l_motion.detach()))
+            adv = m.advance(c, pos, motion_v)
             new_pos = adv.position
             if adv.track:
                 tracked = m.track(c, ref, self.handles0_rc, feat.detach(), handles, self.targets_rc)
@@ -149,7 +157,7 @@ class DragState:
         step_no = self.n_steps + 1
         snap = step_no % c.snapshot_every == 0
         self.history.append(StepRecord(
-            step_no, float(loss.detach()), float(l_motion.detach()), float(l_mask.detach()),
+            step_no, loss_v, motion_v, mask_v,
             [tuple(round(v, 3) for v in ctx.to_image(rc.tolist())) for rc in self.handles_rc],
             [tuple(int(v) for v in rc.tolist()) for rc in self.handles_rc], snap, time.perf_counter() - t0,
             pos.index, int(ref.t), not stepped))
@@ -164,7 +172,7 @@ class DragState:
     def _capture(self) -> dict:
         return dict(latent=self.latent.detach().clone(), opt=copy.deepcopy(self.optimizer.state_dict()),
                     handles=self.handles_rc.clone(), reached=self.reached, position=self.position,
-                    scaler=self.scaler.state_dict())
+                    scaler=scaler_state(self.scaler))
 
     def _put(self, snap: dict) -> None:
         self.latent = snap["latent"].clone().requires_grad_(True)
@@ -174,8 +182,7 @@ class DragState:
         self.reached = snap["reached"]
         self.position = snap["position"]
         self.scaler = loss_scaler(self.dtype, self.latent.device)   # fresh: nothing of an interrupted step is kept
-        if snap.get("scaler"):
-            self.scaler.load_state_dict(dict(snap["scaler"]))
+        load_scaler_state(self.scaler, snap.get("scaler"))
 
     def snapshot(self, step: int) -> None:
         self.snapshots[step] = self._capture()
@@ -213,7 +220,7 @@ class DragState:
 
         def snap(s):
             return {"latent": s["latent"], "opt": opt(s["opt"]), "handles": s["handles"], "reached": s["reached"],
-                    "position": list(asdict(s["position"]).values()), "scaler": dict(s.get("scaler") or {})}
+                    "position": list(asdict(s["position"]).values()), "scaler": portable_scaler_state(s.get("scaler"))}
         return {"method": self.method.name, "handles0_rc": self.handles0_rc, "targets_rc": self.targets_rc,
                 "current": snap(self._capture()), "history": [asdict(r) for r in self.history],
                 "snapshots": {str(k): snap(v) for k, v in {**self.snapshots, **self.recent}.items()}}

@@ -111,3 +111,27 @@ def test_lora_fine_tune_scales_its_loss_on_a_float16_unet(monkeypatch):
     state = lora.train_lora(model, z0, model.encode_prompt("a photo"), rank=4, steps=2, seed=0)
     assert len(made) == 1 and made[0].is_enabled()
     assert any("lora_B" in n and v.abs().max() > 0 for n, v in state.items()), "the adapter did not train"
+
+
+def test_a_float16_step_reads_the_device_few_times(monkeypatch):
+    """Every read of a tensor's value on the host (item, tolist, float, int, bool) is, on a GPU, a synchronisation
+    that leaves the GPU idle until the next launch. A float16 drag step reads the device three times: the tracking's
+    argmin, GradScaler's inf check, and one batched read of the losses, the finiteness checks and whether the step
+    was taken. Its snapshots copy the scaler's state on the device (no `get_scale`/`state_dict` reads). The other
+    reads counted here are of the handles, which live on the CPU (9 in this one-handle step), and Adam's step
+    counter (CPU). Before the batching a step made 25 reads."""
+    from torch.amp import GradScaler
+    _Fp16Backward.inf_next = False
+    state, ctx, _ = _setup(torch.float16)
+    state.step(ctx)
+    reads = []
+    for name in ("item", "tolist", "__float__", "__int__", "__bool__"):
+        f = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name, lambda self, *a, _f=f, _n=name, **k: (reads.append(_n), _f(self, *a, **k))[1])
+    for name in ("get_scale", "state_dict"):
+        monkeypatch.setattr(GradScaler, name, lambda self, _n=name: pytest.fail(f"GradScaler.{_n} read the device"))
+    rec = state.step(ctx)
+    assert rec is not None and not rec.skipped
+    assert len(reads) <= 14, reads
+    monkeypatch.undo()
+    assert state.scaler.get_scale() == 2.0 ** 16
