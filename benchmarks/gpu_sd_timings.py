@@ -172,8 +172,8 @@ def main(argv=None):
     p.add_argument("--no-official", action="store_true",
                    help="skip part 2 even when .official/ exists (the shell wrapper passes --official by default)")
     p.add_argument("--profile", default=None, metavar="RUNS",
-                   help="part 4: comma-separated runs to profile, each 'eager' or one --speed word (e.g. "
-                        "eager,cuda_graph): --profile-steps drag steps under torch's profiler, on one model, for the "
+                   help="part 4: comma-separated runs to profile, each 'eager' or --speed words joined by '+' (e.g. "
+                        "eager,cuda_graph,cuda_graph+channels_last): --profile-steps drag steps under torch's profiler, on one model, for the "
                         "wall and kernel time of a step and the operators that take it")
     p.add_argument("--profile-steps", type=int, default=10, help="part 4's profiled drag steps (default 10)")
     p.add_argument("--deadline-s", type=float, default=450.0,
@@ -290,8 +290,9 @@ def main(argv=None):
             for run in a.profile.split(","):
                 run = run.strip()
                 try:
-                    res["profile"].append(profile_drag(m, size=size, speed=None if run == "eager" else parse_words(run),
-                                                       lora_steps=2, steps=3 if q else a.profile_steps))
+                    speed = None if run == "eager" else parse_words(run.replace("+", ","))
+                    res["profile"].append(profile_drag(m, size=size, speed=speed, lora_steps=2,
+                                                       steps=3 if q else a.profile_steps))
                 except Exception as e:  # noqa: BLE001 - the next run still goes
                     traceback.print_exc()
                     res["profile"].append(dict(run=run, error=f"{type(e).__name__}: {e}"))

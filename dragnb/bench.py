@@ -128,6 +128,7 @@ def bench_stages(model="tiny", size=None, device=None, dtype=None, drag_steps=10
 SPEED_VARIANTS = (
     ("baseline", {}),
     ("cuda graphs", {"cuda_graph": True}),
+    ("cuda graphs + channels_last", {"cuda_graph": True, "channels_last": True}),
     ("compile (regional)", {"compile": True}),
     ("checkpointing (LoRA only)", {"gradient_checkpointing": "lora"}),
     ("channels_last", {"channels_last": True}),

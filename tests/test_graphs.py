@@ -311,8 +311,9 @@ def test_the_prepared_gpu_call_with_cuda_graphs_on_the_cpu(emulated, tmp_path):
     spec = importlib.util.spec_from_file_location("gpu_sd_timings_under_test", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    mod.main([str(tmp_path), "--quick", "--speed", "cuda_graph", "--speed-variants", "baseline,cuda graphs",
-              "--re-edit-steps", "3", "--no-official", "--lora-steps", "2"])
+    mod.main([str(tmp_path), "--quick", "--speed", "cuda_graph", "--speed-variants",
+              "baseline,cuda graphs,cuda graphs + channels_last", "--re-edit-steps", "3", "--no-official",
+              "--lora-steps", "2", "--profile", "cuda_graph+channels_last"])
     res = json.loads((tmp_path / "gpu_sd_timings.json").read_text())
     b = res["bench_stages"]
     assert res["setup"]["speed"] == {"cuda_graph": True} and b["speed"]["cuda_graph"]
@@ -320,6 +321,9 @@ def test_the_prepared_gpu_call_with_cuda_graphs_on_the_cpu(emulated, tmp_path):
     assert b["first_drag_step_s"] > 0 and b["whole_edit_s"] > b["lora_s"]
     rows = {r["variant"]: r for r in res["speed"]["rows"]}
     assert all("error" not in r for r in rows.values()) and rows["cuda graphs"]["re_edit_steps"] == 3
+    assert rows["cuda graphs + channels_last"]["speed"]["channels_last"] and rows["cuda graphs + channels_last"]["graphs"]
+    (prof,) = res["profile"]                                  # two speed words joined by '+' make one profiled run
+    assert "error" not in prof and prof["speed"]["cuda_graph"] and prof["speed"]["channels_last"]
     text = (tmp_path / "gpu_sd_timings.txt").read_text()
     assert "first_drag_step_s" in text and "cuda graphs:" in text and "re_edit_s" in text
 
