@@ -98,3 +98,39 @@ def test_a_folder_that_is_not_demo_weights_is_refused(sc, tmp_path, tiny_weights
         sc.main([str(tmp_path), "--quick"])
     with pytest.raises(ValueError, match="lacks 'full'"):
         sc.main([str(tiny_weights), "--quick", "--methods", "dragdiffusion"])
+
+
+def _rows(dist, iou, seed0=0):
+    return [{"seed": seed0 + k, "dist_frac": d, "iou": i} for k, (d, i) in enumerate(zip(dist, iou))]
+
+
+def test_paired_differences_on_common_seeds(sc):
+    old = _rows([0.5] * 12, [0.4] * 12)
+    new = _rows([0.5 + (0.02 if k % 2 else -0.02) for k in range(12)], [0.45] * 12, seed0=0) + _rows([9.0], [0.0], 99)
+    p = sc.paired(new, old)
+    assert p["n"] == 12 and abs(p["dist_frac"]["mean"]) < 1e-12 and p["dist_frac"]["se"] > 0
+    assert abs(p["iou"]["mean"] - 0.05) < 1e-12 and p["iou"]["se"] == 0
+    assert sc.paired(new[:9], old) is None                     # too few common cases: no paired verdict
+
+
+def test_paired_verdict_tells_noise_from_a_change(sc):
+    shipped = {"dist_frac": 0.27, "iou": 0.48, "bg_psnr": 31.3, "lost": 0}
+    prior = {"shape_fidelity": 0.836, "x0_psnr_db": 25.19, "shipped_prior": {"shape_fidelity": 0.762, "x0_psnr_db": 25.0}}
+    noise = {"n": 50, "dist_frac": {"mean": 0.016, "se": 0.029}, "iou": {"mean": 0.029, "se": 0.025}}
+    cand = {**_cand(dist_frac=0.29, iou=0.51), **prior}
+    # the means alone say "not below the shipped distance"; paired, the drags are equal within noise and the prior
+    # is better: ship, and say why
+    assert not sc.verdict(cand, shipped)[0]
+    ok, why = sc.verdict(cand, shipped, pair=noise)
+    assert ok and len(why) == 1 and "shipped on the prior" in why[0] and "0.762 -> 0.836" in why[0]
+    # equal drags and no better prior: keep
+    same_prior = {**cand, "shape_fidelity": 0.70}
+    ok, why = sc.verdict(same_prior, shipped, pair=noise)
+    assert not ok and "no better than the shipped model" in why[0]
+    # worse beyond noise: keep, whatever the prior
+    worse = {**noise, "dist_frac": {"mean": 0.08, "se": 0.02}}
+    ok, why = sc.verdict(cand, shipped, pair=worse)
+    assert not ok and "drags worse" in why[0] and "+0.080 ± 0.020" in why[0]
+    # better beyond noise in one measure, equal in the other: ship, no note
+    better = {**noise, "iou": {"mean": 0.10, "se": 0.02}}
+    assert sc.verdict({**cand, "shape_fidelity": 0.5}, shipped, pair=better) == (True, [])
