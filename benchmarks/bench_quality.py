@@ -61,6 +61,9 @@ METHODS = {
     "drag_lr 0.02": dict(drag_lr=0.02),
     "drag_lr 0.04": dict(drag_lr=0.04),
     "drag_lr 0.05": dict(drag_lr=0.05),
+    "beta 1.5 cells": dict(beta=1.5),
+    "beta 2 cells": dict(beta=2.0),
+    "beta 3 cells": dict(beta=3.0),
 }
 SHORT = {"full": "full", "nolora": "no LoRA (lora_steps=0)", "nomask": "no mask term (lam=0)",
          "nomutual": "no mutual self-attention", "steps20": "20 drag steps",
@@ -73,7 +76,8 @@ SHORT = {"full": "full", "nolora": "no LoRA (lora_steps=0)", "nomask": "no mask 
          "gd_restrict": "GoodDrag + restricted tracking", "gd_warp": "GoodDrag + warp init 0.5",
          "gd_convlora": "GoodDrag + conv LoRA", "gd_nostop": "GoodDrag without early stops",
          "reach1": "reach_distance 1 cell", "reach2": "reach_distance 2 cells (official)",
-         "lr02": "drag_lr 0.02", "lr04": "drag_lr 0.04", "lr05": "drag_lr 0.05"}
+         "lr02": "drag_lr 0.02", "lr04": "drag_lr 0.04", "lr05": "drag_lr 0.05",
+         "beta15": "beta 1.5 cells", "beta2": "beta 2 cells", "beta3": "beta 3 cells"}
 
 
 def run_methods(model, case, overrides_list: list[dict], seed: int = 0) -> list[tuple]:
