@@ -176,7 +176,9 @@ def profile_drag(model="tiny", size=None, device=None, dtype=None, speed=None, l
     CUDA graphs when `speed` asks for them) under torch's profiler. Reports the wall time per step, the kernel time per
     step (the GPU's busy time; 0 on a CPU), their ratio, the operators launched from Python per step, and the
     kernels with the most time and the host operators with the most time. A GPU busy for most of the wall time is bound by its
-    arithmetic and memory; one idle for most of it waits for the host (launches, synchronisations, Python)."""
+    arithmetic and memory; one idle for most of it waits for the host (launches, synchronisations, Python). Then the
+    same for one render (`render_latent`: the final denoising with mutual self-attention and the decoding), after a
+    first render that captures its graphs, under `"render"`."""
     from .speed import set_speed
     if steps < 1 or warmup_steps < 1:
         raise ValueError(f"steps={steps}, warmup_steps={warmup_steps}: use 1 or more of each")
@@ -206,7 +208,27 @@ def _profile(m, size, lora_steps, warmup_steps, steps, top) -> dict:
         recs = s.step(steps)
         _sync(dev)
         wall = time.perf_counter() - t
-    n = max(1, len(recs))
+    res = dict(model=m.name, size=size, device=str(dev), dtype=str(m.dtype).replace("torch.", ""), speed=speed_of(m),
+               steps=len(recs), **_summary(prof, wall, max(1, len(recs)), top, dev))
+    # the final denoising with mutual self-attention and the decoding, as result() runs them: once to warm up (and
+    # capture its graphs), then once profiled
+    s.render_latent(s.current_latent())
+    _sync(dev)
+    with profile(activities=acts) as prof:
+        t = time.perf_counter()
+        s.render_latent(s.current_latent())
+        _sync(dev)
+        wall = time.perf_counter() - t
+    res["render"] = _summary(prof, wall, 1, top, dev)
+    if m.speed.get("cuda_graph"):
+        from . import graphs
+        res["graphs"] = graphs.stats(m)
+    return res
+
+
+def _summary(prof, wall: float, n: int, top: int, dev) -> dict:
+    """Per-unit (a drag step, a render) figures of one profiler run over `n` units that took `wall` seconds."""
+    from torch.autograd import DeviceType
     ev = prof.key_averages()
     # the kernels are the events on the device (a host operator's device time repeats its kernels'): their sum is
     # the GPU's busy time, as the footer of torch's profiler table counts it. Their count per step shows whether the
@@ -220,32 +242,35 @@ def _profile(m, size, lora_steps, warmup_steps, steps, top) -> dict:
     ops = sum(e.count for e in ev if e.key.startswith("aten::"))
     row = lambda e: dict(op=e.key, calls_per_step=e.count / n, device_ms_per_step=_device_us(e) / 1e3 / n,  # noqa: E731
                          host_ms_per_step=e.self_cpu_time_total / 1e3 / n)
-    res = dict(model=m.name, size=size, device=str(dev),
-               dtype=str(m.dtype).replace("torch.", ""), speed=speed_of(m), steps=len(recs),
-               wall_s_per_step=wall / n, device_s_per_step=device_us / 1e6 / n,
-               gpu_busy=(device_us / 1e6) / wall if dev.type == "cuda" else None, aten_ops_per_step=ops / n,
-               kernels_per_step=sum(e.count for e in kernels) / n,
-               top_device=[row(e) for e in top_device if _device_us(e) > 0], top_host=[row(e) for e in top_host])
-    if m.speed.get("cuda_graph"):
-        from . import graphs
-        res["graphs"] = graphs.stats(m)
-    return res
+    return dict(wall_s_per_step=wall / n, device_s_per_step=device_us / 1e6 / n,
+                gpu_busy=(device_us / 1e6) / wall if dev.type == "cuda" else None, aten_ops_per_step=ops / n,
+                kernels_per_step=sum(e.count for e in kernels) / n,
+                top_device=[row(e) for e in top_device if _device_us(e) > 0], top_host=[row(e) for e in top_host])
 
 
 def profile_table(res: dict) -> str:
-    """The profile as text: one summary line and the two top lists."""
-    busy = "n/a (no GPU)" if res["gpu_busy"] is None else f"{res['gpu_busy']:.0%}"
+    """The profile as text: for the drag step, and for the render where it was profiled, one summary line and the
+    two top lists."""
     on = ", ".join(k for k, v in res["speed"].items() if v) or "eager"
-    lines = [f"drag step profile ({res['model']} {res['size']} px, {res['device']} {res['dtype']}, {on}, "
-             f"{res['steps']} steps): wall {res['wall_s_per_step'] * 1e3:.1f} ms a step, kernels "
-             f"{res['device_s_per_step'] * 1e3:.1f} ms in {res['kernels_per_step']:.0f} kernels (GPU busy {busy}), "
-             f"{res['aten_ops_per_step']:.0f} aten ops launched from Python"]
-    for title, key, ms in (("kernels with the most time", "top_device", "device_ms_per_step"),
-                           ("most host time", "top_host", "host_ms_per_step")):
-        if res[key]:
-            lines.append(f"  {title}: " + "; ".join(f"{r['op']} {r[ms]:.2f} ms ({r['calls_per_step']:g}/step)"
-                                                     for r in res[key]))
+    head = f"{res['model']} {res['size']} px, {res['device']} {res['dtype']}, {on}"
+    lines = _summary_lines(res, f"drag step profile ({head}, {res['steps']} steps)", "a step")
+    if res.get("render"):
+        lines += _summary_lines(res["render"], f"render profile ({head}: denoising with mutual self-attention and "
+                                               f"decoding, one call)", "a call")
     return "\n".join(lines)
+
+
+def _summary_lines(r: dict, title: str, unit: str) -> list[str]:
+    busy = "n/a (no GPU)" if r["gpu_busy"] is None else f"{r['gpu_busy']:.0%}"
+    lines = [f"{title}: wall {r['wall_s_per_step'] * 1e3:.1f} ms {unit}, kernels {r['device_s_per_step'] * 1e3:.1f} ms "
+             f"in {r['kernels_per_step']:.0f} kernels (GPU busy {busy}), {r['aten_ops_per_step']:.0f} aten ops "
+             f"launched from Python"]
+    for label, key, ms in (("kernels with the most time", "top_device", "device_ms_per_step"),
+                           ("most host time", "top_host", "host_ms_per_step")):
+        if r[key]:
+            lines.append(f"  {label}: " + "; ".join(f"{x['op']} {x[ms]:.2f} ms ({x['calls_per_step']:g}/{unit[2:]})"
+                                                    for x in r[key]))
+    return lines
 
 
 def bench_speed(model="tiny", size=None, device=None, dtype=None, drag_steps=6, lora_steps=6, variants=None,

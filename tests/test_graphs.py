@@ -393,5 +393,10 @@ def test_profile_of_a_drag_step_eager_and_graphed(emulated):
     assert text.startswith("drag step profile (tiny-0 32 px, cpu float32, cuda_graph, 2 steps)")
     assert "GPU busy n/a (no GPU)" in text and "in 0 kernels" in text and "most host time" in text
     assert eager["kernels_per_step"] == 0 and not eager["top_device"]        # no device events on a CPU
+    # the render (the final denoising and decoding) is profiled too, after a first render that captures its graphs
+    for r in (eager["render"], graphed["render"]):
+        assert r["wall_s_per_step"] > 0 and r["aten_ops_per_step"] > 10 and r["top_host"]
+    assert graphed["graphs"]["no_grad_graphs"] >= 1
+    assert "render profile (tiny-0 32 px, cpu float32, cuda_graph: denoising" in text and "a call" in text
     with pytest.raises(ValueError, match="steps=0"):
         profile_drag(m, size=32, steps=0)
