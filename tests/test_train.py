@@ -153,3 +153,12 @@ def test_cuda_graph_training_equals_the_eager_run_and_reports(tmp_path, monkeypa
     monkeypatch.setattr(train, "_GRAPHS_ON_CPU", False)
     with pytest.raises(ValueError, match="--cuda-graph needs a CUDA device, not cpu"):
         train.main(_tiny_args(tmp_path / "y", "--steps", "2", "--cuda-graph"))
+
+
+def test_figures_default_beside_the_weights_unless_the_shipped_model_is_replaced(tmp_path):
+    """A trial run (`--out` anywhere but the shipped weights folder) keeps its figures beside its weights, so it
+    never overwrites the shipped model's figures in docs/demo_model; a run into the shipped folder writes them there."""
+    from dragnb.demo import train
+    assert train.default_figures(tmp_path / "w") == tmp_path / "w_figures"
+    shipped = Path(train.__file__).resolve().parent / "weights"
+    assert train.default_figures(shipped) == Path("docs/demo_model")

@@ -104,6 +104,16 @@ def save_weights(out: Path, unet, prompt_embeds, info: dict, factor: int = M.FAC
     (out / "dragnb_demo.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
+def default_figures(out: Path) -> Path:
+    """Where a run's figures go unless `--figures` says: `docs/demo_model` (of the current folder, the repository's
+    root as the docs run it) for a run into the shipped weights folder, else a folder `<out>_figures` beside `out`,
+    so that a trial run never overwrites the shipped model's figures."""
+    shipped = Path(__file__).resolve().parent / "weights"
+    if out.resolve() == shipped:
+        return Path("docs/demo_model")
+    return out.parent / f"{out.name}_figures"
+
+
 def make_figures(unet, emb, losses, fig_dir: Path, device, seed: int = 0, factor: int = M.FACTOR,
                  n_samples: int = 64) -> dict:
     """Training curve, samples from noise (DDIM 50) with their shape fidelity, x0 PSNR per noise level,
@@ -189,7 +199,10 @@ def parse_args(argv=None):
     p.add_argument("--shard-size", default="14MB", help="largest weights file (diffusers max_shard_size)")
     p.add_argument("--samples", type=int, default=64, help="samples from noise for the figures and the fidelity")
     p.add_argument("--ckpt-minutes", type=float, default=10.0)
-    p.add_argument("--figures", default="docs/demo_model", help="folder for the figures; 'none' skips them")
+    p.add_argument("--figures", default=None,
+                   help="folder for the figures; 'none' skips them. Default: docs/demo_model when --out is the "
+                        "shipped weights folder (a run that replaces the shipped model replaces its figures), "
+                        "else OUT_figures beside --out")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
@@ -297,7 +310,8 @@ def main(argv=None) -> dict:
     print(f"dragnb demo model: {n_params / 1e6:.2f} M params ({args.init or args.arch}, pixel_unshuffle x{factor}), "
           f"{dev_name}, batch {batch}, data {data}, "
           + (f"budget {args.minutes} min" if budget else f"{args.steps} steps"), flush=True)
-    out, fig_dir = Path(args.out), None if args.figures == "none" else Path(args.figures)
+    out = Path(args.out)
+    fig_dir = None if args.figures == "none" else Path(args.figures) if args.figures else default_figures(out)
     losses: list[tuple[int, float]] = []
     ema_params, params = list(ema.parameters()), list(unet.parameters())
     bad_in_a_row = skipped = 0
