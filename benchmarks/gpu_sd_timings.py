@@ -180,8 +180,21 @@ def main(argv=None):
                    help="part 3 starts no row likely to end later than this many seconds after the start (default "
                         "450; the shell wrapper's cap is 480)")
     a = p.parse_args(argv)
+    from dragnb.bench import SPEED_VARIANTS
     from dragnb.speed import parse_words, set_speed
     speed = parse_words(a.speed) if a.speed else {}
+    # the later parts' words are checked now, before any GPU time is spent on the parts before them
+    known = [n for n, _ in SPEED_VARIANTS]
+    bad = [v for v in (a.speed_variants or "").split(",") if v and v not in known]
+    if bad:
+        p.error(f"--speed-variants: {bad} are not rows of bench_speed; use some of {known}")
+    for run in (a.profile or "").split(","):
+        run = run.strip()
+        if run and run != "eager":
+            try:
+                parse_words(run.replace("+", ","))
+            except ValueError as e:
+                p.error(f"--profile: the run {run!r} is neither 'eager' nor speed words joined by '+' ({e})")
     import warnings
     warnings.filterwarnings("ignore")
     q = a.quick

@@ -400,3 +400,20 @@ def test_profile_of_a_drag_step_eager_and_graphed(emulated):
     assert "render profile (tiny-0 32 px, cpu float32, cuda_graph: denoising" in text and "a call" in text
     with pytest.raises(ValueError, match="steps=0"):
         profile_drag(m, size=32, steps=0)
+
+
+def test_the_prepared_gpu_call_refuses_unknown_words_before_it_starts(tmp_path, capsys):
+    """A misspelt speed row or profile run is refused at once, naming it, before any part spends GPU time."""
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_sd_timings.py"
+    spec = importlib.util.spec_from_file_location("gpu_sd_timings_words", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    with pytest.raises(SystemExit):
+        mod.main([str(tmp_path / "a"), "--quick", "--speed-variants", "baseline,cuda graph"])
+    assert "['cuda graph'] are not rows of bench_speed" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        mod.main([str(tmp_path / "b"), "--quick", "--profile", "eager,cuda_graph+channel_last"])
+    assert "the run 'cuda_graph+channel_last' is neither" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
