@@ -39,9 +39,10 @@ def sd15_configs() -> dict:
     )
 
 
-def make_byte_tokenizer(model_max_length: int = 77):
-    """A CLIP tokenizer with a byte-level vocabulary (no merges) built locally: no hub needed."""
-    from transformers import CLIPTokenizer
+def write_byte_tokenizer_files(folder) -> tuple[str, str]:
+    """The byte-level CLIP vocabulary (no merges) as `vocab.json` and `merges.txt` in `folder`, the files a slow
+    `CLIPTokenizer` reads (transformers 5 saves only the fast tokenizer's `tokenizer.json`; older code such as the
+    official DragDiffusion trainer loads the slow one). Returns the two paths."""
     bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
     cs, n = bs[:], 0
     for b in range(256):
@@ -52,13 +53,19 @@ def make_byte_tokenizer(model_max_length: int = 77):
     vocab.update({c + "</w>": 256 + i for i, c in enumerate(chars)})
     vocab["<|startoftext|>"] = 512
     vocab["<|endoftext|>"] = 513
+    paths = os.path.join(folder, "vocab.json"), os.path.join(folder, "merges.txt")
+    with open(paths[0], "w") as f:
+        json.dump(vocab, f)
+    with open(paths[1], "w") as f:
+        f.write("#version: 0.2\n")
+    return paths
+
+
+def make_byte_tokenizer(model_max_length: int = 77):
+    """A CLIP tokenizer with a byte-level vocabulary (no merges) built locally: no hub needed."""
+    from transformers import CLIPTokenizer
     with tempfile.TemporaryDirectory(prefix="dragnb_tok_") as d:   # read at construction, then removed
-        with open(os.path.join(d, "vocab.json"), "w") as f:
-            json.dump(vocab, f)
-        with open(os.path.join(d, "merges.txt"), "w") as f:
-            f.write("#version: 0.2\n")
-        return CLIPTokenizer(os.path.join(d, "vocab.json"), os.path.join(d, "merges.txt"),
-                             model_max_length=model_max_length)
+        return CLIPTokenizer(*write_byte_tokenizer_files(d), model_max_length=model_max_length)
 
 
 def ddim_scheduler(config: dict):
