@@ -151,7 +151,6 @@ def main(argv=None) -> dict:
         p.error(f"--official {a.official!r} has no utils/lora_utils.py: point it at a DragDiffusion checkout")
     if not (Path(a.site024) / "diffusers").is_dir():
         p.error(f"--site024 {a.site024!r} holds no diffusers: install .whl024/*.whl into it (benchmarks/PARITY.md)")
-    import numpy as np
     import torch
     from PIL import Image
 

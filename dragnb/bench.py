@@ -191,7 +191,6 @@ def profile_drag(model="tiny", size=None, device=None, dtype=None, speed=None, l
 
 
 def _profile(m, size, lora_steps, warmup_steps, steps, top) -> dict:
-    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     from .speed import speed_of
