@@ -304,13 +304,10 @@ def test_bench_speed_row_on_a_cpu_says_why_it_cannot_run():
 def test_the_prepared_gpu_call_with_cuda_graphs_on_the_cpu(emulated, tmp_path):
     """benchmarks/gpu_sd_timings.py as the GPU session runs it (--speed cuda_graph, the two speed rows with a
     re-drag), on the tiny model with the emulation: every stage graphed, nothing eager, the table says so."""
-    import importlib.util
     import json
-    from pathlib import Path
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_sd_timings.py"
-    spec = importlib.util.spec_from_file_location("gpu_sd_timings_under_test", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+
+    from benchlib import load_benchmark
+    mod = load_benchmark("gpu_sd_timings.py")
     mod.main([str(tmp_path), "--quick", "--speed", "cuda_graph", "--speed-variants",
               "baseline,cuda graphs,cuda graphs + channels_last", "--re-edit-steps", "3", "--no-official",
               "--lora-steps", "2", "--profile", "cuda_graph+channels_last"])
@@ -404,12 +401,8 @@ def test_profile_of_a_drag_step_eager_and_graphed(emulated):
 
 def test_the_prepared_gpu_call_refuses_unknown_words_before_it_starts(tmp_path, capsys):
     """A misspelt speed row or profile run is refused at once, naming it, before any part spends GPU time."""
-    import importlib.util
-    from pathlib import Path
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_sd_timings.py"
-    spec = importlib.util.spec_from_file_location("gpu_sd_timings_words", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    from benchlib import load_benchmark
+    mod = load_benchmark("gpu_sd_timings.py")
     with pytest.raises(SystemExit):
         mod.main([str(tmp_path / "a"), "--quick", "--speed-variants", "baseline,cuda graph"])
     assert "['cuda graph'] are not rows of bench_speed" in capsys.readouterr().err

@@ -1,21 +1,15 @@
 """benchmarks/official_lora.py: the official LoRA trainer run as it is, under diffusers 0.24 in a process of its own.
 CI checks the parts that run with today's libraries; the whole run needs the 0.24 wheels (DRAGNB_SITE024) and a
 DragDiffusion checkout (DRAGNB_OFFICIAL_DIR)."""
-import importlib.util
 import os
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parent.parent
+from benchlib import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def ol():
-    spec = importlib.util.spec_from_file_location("official_lora_under_test", ROOT / "benchmarks" / "official_lora.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("official_lora.py")
 
 
 def test_the_saved_folder_has_the_slow_tokenizer_files_the_official_trainer_reads(ol, tmp_path):

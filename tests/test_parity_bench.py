@@ -1,6 +1,5 @@
 """benchmarks/parity_official.py: the adapters' own logic on a stand-in for the official drag loop (no official
 code needed), and, where a DragDiffusion checkout is named by DRAGNB_OFFICIAL_DIR, a short run against it."""
-import importlib.util
 import os
 import re
 from types import SimpleNamespace
@@ -8,17 +7,14 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from benchlib import load_benchmark
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-BENCH = os.path.join(HERE, "..", "benchmarks", "parity_official.py")
 
 
 @pytest.fixture(scope="module")
 def po():
-    spec = importlib.util.spec_from_file_location("parity_official_under_test", BENCH)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("parity_official.py")
 
 
 def _cfg_args(po, size=64):

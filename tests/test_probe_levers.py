@@ -1,9 +1,7 @@
 """benchmarks/probe_demo_levers.py: its levers patch what they say, and only while asked."""
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
+from benchlib import load_benchmark
 
 from dragnb import lora
 from dragnb.models import tiny_model
@@ -11,11 +9,7 @@ from dragnb.models import tiny_model
 
 @pytest.fixture(scope="module")
 def probe():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "probe_demo_levers.py"
-    spec = importlib.util.spec_from_file_location("probe_demo_levers_under_test", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("probe_demo_levers.py")
 
 
 def test_normalised_gradient_moves_along_the_gradient_at_the_asked_size(probe):

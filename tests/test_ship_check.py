@@ -1,20 +1,15 @@
 """benchmarks/ship_check.py: the one command that decides whether a trained demo model replaces the shipped one."""
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
+from benchlib import load_benchmark
 
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
 def sc():
-    spec = importlib.util.spec_from_file_location("ship_check_under_test", ROOT / "benchmarks" / "ship_check.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("ship_check.py")
 
 
 @pytest.fixture(scope="module")

@@ -123,12 +123,8 @@ def test_bench_speed_refuses_unknown_rows():
 
 
 def test_memory_estimate_counts_less_with_checkpointing():
-    import importlib.util
-    from pathlib import Path
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "sd_memory_estimate.py"
-    spec = importlib.util.spec_from_file_location("sd_memory_estimate_under_test", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    from benchlib import load_benchmark
+    mod = load_benchmark("sd_memory_estimate.py")
     res = mod.estimate("tiny", 32, lora_batch=2)
     plain, ckpt = res["rows"]
     assert not plain["gradient_checkpointing"] and ckpt["gradient_checkpointing"]
