@@ -6,7 +6,6 @@ import torch
 from benchlib import load_benchmark
 
 
-
 @pytest.fixture(scope="module")
 def sc():
     return load_benchmark("ship_check.py")
