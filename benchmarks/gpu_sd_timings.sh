@@ -21,19 +21,8 @@ PY=${PYTHON:-python3}
 mkdir -p "$OUT_DIR"
 
 # 1. diffusers (the GPU machine has torch, peft, transformers, accelerate, einops, but no diffusers)
-if [ -d /tmp/site/diffusers ] && ! "$PY" -c "import diffusers" 2>/dev/null; then   # installed by an earlier run
-    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-fi
-if ! "$PY" -c "import diffusers" 2>/dev/null; then
-    if ls "$REPO"/.whl/*.whl >/dev/null 2>&1; then
-        "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-            "$REPO"/.whl/*.whl || { echo "installing the carried wheels failed" >&2; exit 3; }
-        export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-    else
-        echo "diffusers is not installed and no wheels are in $REPO/.whl/: carry them (benchmarks/PARITY.md)" >&2
-        exit 3
-    fi
-fi
+. "$REPO/benchmarks/carried_diffusers.sh"
+use_carried_diffusers "$REPO" "$PY" || exit 3
 # 2. dragnb from this tree (no pip install: the CPU torch pin must not reach that machine)
 export PYTHONPATH=$REPO${PYTHONPATH:+:$PYTHONPATH}
 export PYTHONUNBUFFERED=1 TQDM_DISABLE=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1

@@ -20,14 +20,8 @@ PY=${PYTHON:-python3}
 mkdir -p "$OUT_DIR"
 [ -f "$REPO/.official/utils/lora_utils.py" ] || { echo "no .official/ checkout (benchmarks/PARITY.md)" >&2; exit 3; }
 ls "$REPO"/.whl024/*.whl >/dev/null 2>&1 || { echo "no wheels in .whl024/ (benchmarks/PARITY.md)" >&2; exit 3; }
-if [ -d /tmp/site/diffusers ] && ! "$PY" -c "import diffusers" 2>/dev/null; then
-    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-fi
-if ! "$PY" -c "import diffusers" 2>/dev/null; then
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-        "$REPO"/.whl/*.whl || { echo "installing .whl/ failed" >&2; exit 3; }
-    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-fi
+. "$REPO/benchmarks/carried_diffusers.sh"
+use_carried_diffusers "$REPO" "$PY" || exit 3
 if [ ! -d /tmp/site024/diffusers ]; then
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site024 \
         "$REPO"/.whl024/*.whl || { echo "installing .whl024/ failed" >&2; exit 3; }
