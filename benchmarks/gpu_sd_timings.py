@@ -148,6 +148,12 @@ def side_by_side_rows(times: dict, steps: dict) -> list:
     return rows
 
 
+def profile_speed(run: str) -> dict | None:
+    """One --profile run's speed options: None for 'eager', else its --speed words joined by '+'."""
+    from dragnb.speed import parse_words
+    return None if run == "eager" else parse_words(run.replace("+", ","))
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out_dir")
@@ -173,8 +179,8 @@ def main(argv=None):
                    help="skip part 2 even when .official/ exists (the shell wrapper passes --official by default)")
     p.add_argument("--profile", default=None, metavar="RUNS",
                    help="part 4: comma-separated runs to profile, each 'eager' or --speed words joined by '+' (e.g. "
-                        "eager,cuda_graph,cuda_graph+channels_last): --profile-steps drag steps under torch's profiler, on one model, for the "
-                        "wall and kernel time of a step and the operators that take it")
+                        "eager,cuda_graph,cuda_graph+channels_last): --profile-steps drag steps under torch's "
+                        "profiler, on one model, for the wall and kernel time of a step and the operators that take it")
     p.add_argument("--profile-steps", type=int, default=10, help="part 4's profiled drag steps (default 10)")
     p.add_argument("--deadline-s", type=float, default=450.0,
                    help="part 3 starts no row likely to end later than this many seconds after the start (default "
@@ -189,10 +195,9 @@ def main(argv=None):
     if bad:
         p.error(f"--speed-variants: {bad} are not rows of bench_speed; use some of {known}")
     for run in (a.profile or "").split(","):
-        run = run.strip()
-        if run and run != "eager":
+        if run.strip():
             try:
-                parse_words(run.replace("+", ","))
+                profile_speed(run.strip())
             except ValueError as e:
                 p.error(f"--profile: the run {run!r} is neither 'eager' nor speed words joined by '+' ({e})")
     import warnings
@@ -303,8 +308,7 @@ def main(argv=None):
             for run in a.profile.split(","):
                 run = run.strip()
                 try:
-                    speed = None if run == "eager" else parse_words(run.replace("+", ","))
-                    res["profile"].append(profile_drag(m, size=size, speed=speed, lora_steps=2,
+                    res["profile"].append(profile_drag(m, size=size, speed=profile_speed(run), lora_steps=2,
                                                        steps=3 if q else a.profile_steps))
                 except Exception as e:  # noqa: BLE001 - the next run still goes
                     traceback.print_exc()
