@@ -426,8 +426,7 @@ def dragnb_edit(model, image, mask, drag, cfg, prompt, seed, clock, prefix="drag
     t = clock.mark()
     records = drag_records(s, cfg.drag_steps, to_cpu=False)     # copies to the host after the timed loop
     t = clock.record(f"{prefix}.drag_loop", t)
-    for r in records:
-        r["latent"] = r["latent"].cpu()
+    latents_to_cpu(records)
     t = clock.mark()
     img = np.asarray(s.result())
     clock.record(f"{prefix}.denoise", t)
@@ -438,8 +437,8 @@ def session_lora(session):
     """The LoRA weights `session` trained (its cache's entry; None for `lora_steps=0`), for the official stages.
     Not a second training with the same seed: that equals the session's only where training is deterministic. On a
     GPU the session trains through its CUDA graphs and a retrain runs eagerly, and in float16 the two part ways
-    (the tenth and eleventh sessions' inversion gap of 0.83-0.87 between the codes came from that, not from the
-    inversion)."""
+    (most likely the source of the tenth and eleventh sessions' inversion gap of 0.83-0.87 between the codes; the
+    next GPU run checks it)."""
     trained = session.cache.counters["lora_trainings"]
     state = session.cache.train_lora(session.spec).state
     assert session.cache.counters["lora_trainings"] == trained, "the session's LoRA was not cached"
@@ -460,9 +459,13 @@ def drag_records(session, n_steps: int, to_cpu: bool = True) -> list:
         records.append(dict(step=r.step, loss=r.loss, motion_loss=r.motion_loss, mask_loss=r.mask_loss,
                             handles_rc=[list(map(float, h)) for h in r.handles_grid],
                             latent=session.current_latent().detach().clone()))
-    if to_cpu:
-        for r in records:
-            r["latent"] = r["latent"].cpu()
+    return latents_to_cpu(records) if to_cpu else records
+
+
+def latents_to_cpu(records: list) -> list:
+    """`drag_records`' latents moved to the CPU, in place; returns the records."""
+    for r in records:
+        r["latent"] = r["latent"].cpu()
     return records
 
 
