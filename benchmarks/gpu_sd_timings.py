@@ -96,7 +96,7 @@ def table(res: dict) -> str:
         if c.get("graphs"):
             from dragnb.graphs import stats_line
             lines += ["", f"dragnb with CUDA graphs: {stats_line(c['graphs'])}"]
-        for k in ("noise_floor_line", "eager_line"):
+        for k in ("noise_floor_line", "f16_reference_line", "eager_line"):
             if c.get(k):
                 lines += ["", c[k]]
         lines += ["", c.get("parity_line", "")]
@@ -268,9 +268,13 @@ def main(argv=None):
                 per_step=[{k: v for k, v in r.items() if k in ("step", "dlatent", "handles_equal", "loss",
                                                                  "motion_loss", "mask_loss", "noise_floor_dlatent",
                                                                  "noise_floor_handles_equal", "eager_dlatent",
-                                                                 "eager_handles_equal", "graphed_vs_eager_dlatent")}
+                                                                 "eager_handles_equal", "graphed_vs_eager_dlatent",
+                                                                 "f16_reference_dlatent", "f16_reference_handles_equal",
+                                                                 "f16_reference_mask_loss")}
                           for r in pr["per_step"]],
-                parity_line=po.parity_line(sm), noise_floor_line=po.noise_floor_line(sm), eager_line=po.eager_line(sm))
+                inversion_per_step_eager_vs_official=pr.get("inversion_per_step_eager_vs_official"),
+                parity_line=po.parity_line(sm), noise_floor_line=po.noise_floor_line(sm),
+                f16_reference_line=po.f16_reference_line(sm), eager_line=po.eager_line(sm))
             if m.speed.get("cuda_graph"):
                 from dragnb import graphs
                 res["side_by_side"]["graphs"] = graphs.stats(m)

@@ -54,7 +54,7 @@ except ImportError:  # run from a checkout without `pip install -e .`
 
 from dragnb import DragSession, ddim, graphs, lora  # noqa: E402
 from dragnb.attention import mutual_self_attention  # noqa: E402
-from dragnb.unet import guided_unet_fn  # noqa: E402  (the UNet call with dragnb's autocast and guidance)
+from dragnb.unet import guided_unet_fn, using  # noqa: E402  (the UNet call with dragnb's autocast and guidance)
 
 # the official run_drag's fixed values and its UI defaults (drag_ui.py), for the table that shows both
 OFFICIAL_DEFAULTS = dict(n_inference_steps=50, inversion_strength=0.7, guidance_scale=1.0, feature_block=2,
@@ -175,14 +175,20 @@ class _Tap:
     """Stands in for the official `model` argument of `drag_diffusion_update`: forwards to the official pipeline
     (or to a supplied features/step pair) and records what the loop feeds it."""
 
-    def __init__(self, forward_features, step):
+    def __init__(self, forward_features, step, reference_dtype=None):
         self._ff, self._step = forward_features, step
         self.latents, self.x_prevs = [], []
+        self.reference_dtype = reference_dtype
 
     def forward_unet_features(self, z, t, encoder_hidden_states, layer_idx=(0,), interp_res_h=256, interp_res_w=256):
+        # the loop's first call is its reference (F0, x_prev_0), which the official code computes outside its float16
+        # autocast, on the float32 UNet; `reference_dtype` runs it under the steps' autocast instead (a diagnostic)
+        first = not self.latents
         self.latents.append(z.detach().float().clone())
-        return self._ff(z, t, encoder_hidden_states, layer_idx=layer_idx, interp_res_h=interp_res_h,
-                        interp_res_w=interp_res_w)
+        with torch.autocast(z.device.type, dtype=self.reference_dtype or torch.float16,
+                            enabled=first and self.reference_dtype is not None):
+            return self._ff(z, t, encoder_hidden_states, layer_idx=layer_idx, interp_res_h=interp_res_h,
+                            interp_res_w=interp_res_w)
 
     def step(self, model_output, timestep, x):
         out = self._step(model_output, timestep, x)
@@ -257,9 +263,11 @@ class OfficialAdapter:
                                                       interp_res_h=args.sup_res_h, interp_res_w=args.sup_res_w)
         return feat
 
-    def drag(self, z_t, emb, t, handles, targets, mask_sup, args):
+    def drag(self, z_t, emb, t, handles, targets, mask_sup, args, reference_dtype=None):
+        """Its drag loop; `reference_dtype` (a diagnostic, not the official code): its reference pass under that
+        autocast, as its steps run, instead of in float32."""
         with self.unet_override():
-            tap = _Tap(self.pipe.forward_unet_features, self.pipe.step)
+            tap = _Tap(self.pipe.forward_unet_features, self.pipe.step, reference_dtype)
             return run_drag_loop(self.off, tap, z_t, emb, t, handles, targets, mask_sup, args)
 
     def denoise(self, z_src, z_edit, emb, args, start_step, start_layer):
@@ -539,6 +547,14 @@ def parity_sd(off, model, a) -> dict:
         z_t_o, lats_o = adapter.invert(adapter.preprocess(image), emb, args)
         stages["encode_z0"] = maxabs(lats_o[0], model.encode(adapter.preprocess(image).float()))
         stages["inversion_z_t"] = maxabs(z_t_o, z_t_d)
+    # dragnb's inversion again, eagerly (CUDA graphs off), step by step against the official one, so that a gap at
+    # z_t can be placed: graphed against eager dragnb, or the two codes' eager kernels, and from which step it grows
+    lats_e = eager_inversion(s, lstate)
+    stages["inversion_z_t_eager"] = maxabs(z_t_o, lats_e[-1])
+    res["inversion_per_step_eager_vs_official"] = [maxabs(o, e) for o, e in zip(lats_o, lats_e)]
+    if graphs.active(model):
+        stages["inversion_graphed_vs_eager"] = maxabs(z_t_d, lats_e[-1])
+    with lora.applied(model.unet, lstate):
         t = adapter.timestep(args)
         res["t"] = int(t)
         # 2. source features at the same z_t
@@ -555,6 +571,11 @@ def parity_sd(off, model, a) -> dict:
         # the noise floor: the official loop again, from the same z_t rounded to float16 (a change the size of
         # float16 rounding, like the inversion gap between the codes): how far the loop itself carries such noise
         _, n_recs = adapter.drag(z_t_d.half().float(), emb.float(), t, handles, targets, mask_sup, args)
+        # the official loop once more with its reference pass (F0, x_prev_0) under the steps' float16 autocast, as
+        # dragnb computes its reference: the one structural difference between the loops in float16 (the official
+        # reference is float32, so its mask term starts above 0 at step 1); how much of the gap it accounts for
+        r_recs = adapter.drag(z_t_d.float(), emb.float(), t, handles, targets, mask_sup, args,
+                              reference_dtype=model.dtype)[1] if model.dtype != torch.float32 else None
         if model.dtype != torch.float32:
             unet_to(model, model.dtype)
     per_step = []
@@ -572,6 +593,11 @@ def parity_sd(off, model, a) -> dict:
     for row, o, n in zip(per_step, o_recs, n_recs):
         row["noise_floor_dlatent"] = maxabs(o["latent"], n["latent"])
         row["noise_floor_handles_equal"] = o["handles_rc"] == n["handles_rc"]
+    if r_recs is not None:
+        for row, d, r in zip(per_step, d_recs, r_recs):
+            row.update(f16_reference_dlatent=maxabs(d["latent"], r["latent"]),
+                       f16_reference_handles_equal=d["handles_rc"] == r["handles_rc"],
+                       f16_reference_mask_loss=r["mask_loss"])
     if e_recs is not None:
         for row, d, e, o in zip(per_step, d_recs, e_recs, o_recs):
             row.update(eager_dlatent=maxabs(e["latent"], o["latent"]), eager_handles_equal=e["handles_rc"] == o["handles_rc"],
@@ -608,6 +634,15 @@ def parity_sd(off, model, a) -> dict:
                           noise_floor_max_dlatent=max((r.get("noise_floor_dlatent", 0.0) for r in per_step),
                                                       default=0.0),
                           z_t_float16_rounding=maxabs(z_t_d.half().float(), z_t_d))
+    if r_recs is not None:
+        rows = [r for r in per_step if "f16_reference_dlatent" in r]
+        res["summary"].update(
+            f16_reference_max_dlatent=max((r["f16_reference_dlatent"] for r in rows), default=0.0),
+            f16_reference_n_steps=len(rows),
+            f16_reference_handles_identical=all(r["f16_reference_handles_equal"] for r in rows)
+            and len(r_recs) == len(d_recs),
+            step1_mask_loss=[both[0]["mask_loss"][0], both[0]["mask_loss"][1], rows[0]["f16_reference_mask_loss"]]
+            if both and rows else None)
     if e_recs is not None:
         eager = [r for r in per_step if "eager_dlatent" in r]
         res["summary"].update(
@@ -615,6 +650,22 @@ def parity_sd(off, model, a) -> dict:
             eager_handles_identical=all(r["eager_handles_equal"] for r in eager) and len(e_recs) == len(o_recs),
             graphed_vs_eager_max_dlatent=max((r["graphed_vs_eager_dlatent"] for r in eager), default=0.0))
     return res
+
+
+def eager_inversion(session, lstate) -> list:
+    """The session's DDIM inversion once more with the model's CUDA graphs off, on the LoRA weights `lstate`:
+    [z0, z_1, ..., z_t] as `ddim.invert` returns them (the cache and the graphs are left as they were)."""
+    m, spec = session.model, session.spec
+    c = spec.config
+    was = m.speed.get("cuda_graph", False)
+    m.speed["cuda_graph"] = False
+    try:
+        with using(m, lstate), torch.no_grad():
+            z0 = m.encode(spec.image_tensor())
+            return ddim.invert(guided_unet_fn(m, m.encode_prompt(spec.prompt), c.guidance_scale), m.scheduler, z0,
+                               c.n_inference_steps, c.drag_step_index)
+    finally:
+        m.speed["cuda_graph"] = was
 
 
 def eager_drag_rerun(session, n_steps: int) -> list:
@@ -694,6 +745,19 @@ def eager_line(sm: dict) -> str | None:
             f"{sm['graphed_vs_eager_max_dlatent']:.3g}")
 
 
+def f16_reference_line(sm: dict) -> str | None:
+    """The line of the official loop run with its reference pass in float16, from a result's `summary` (None
+    without that run: float32 models, where the reference and the steps share one precision anyway)."""
+    if "f16_reference_max_dlatent" not in sm:
+        return None
+    m1 = sm.get("step1_mask_loss")
+    step1 = ("" if not m1 else f"; mask term at step 1: dragnb {m1[0]:.3g}, official {m1[1]:.3g}, official with "
+             f"a float16 reference {m1[2]:.3g}")
+    return (f"official loop with its reference pass in float16 (as dragnb's): max |dlatent| = "
+            f"{sm['f16_reference_max_dlatent']:.3g} over {sm['f16_reference_n_steps']} steps against dragnb, handles "
+            f"identical: {'yes' if sm['f16_reference_handles_identical'] else 'no'}{step1}")
+
+
 def noise_floor_line(sm: dict) -> str | None:
     """The noise floor's line, from a result's `summary` (None for a result without one: the drag-only models)."""
     if "noise_floor_max_dlatent" not in sm:
@@ -760,7 +824,7 @@ def main(argv=None):
         v = res["final_psnr_same_rounding_db"]
         print(f"final image PSNR with dragnb's rounding applied to the official float image: "
               f"{'inf' if v == float('inf') else f'{v:.2f}'} dB (run_drag truncates to uint8, dragnb rounds)")
-    for line in (noise_floor_line(sm), eager_line(sm)):
+    for line in (noise_floor_line(sm), f16_reference_line(sm), eager_line(sm)):
         if line:
             print(line)
     print(parity_line(sm))

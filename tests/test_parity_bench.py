@@ -163,6 +163,53 @@ def test_eager_rerun_of_a_graphed_session(po, emulated):
     assert po.eager_line({"max_dlatent": 0.0}) is None
 
 
+def test_eager_inversion_of_a_graphed_session(po, emulated):
+    """parity_sd inverts once more with the graphs off, to place a gap at z_t between the codes: the same LoRA and
+    image give [z0, ..., z_t] whose last latent is the session's z_t (under the stand-in for torch's capture graphed
+    and eager agree exactly), no graph is captured, replayed or dropped, and the option is back on afterwards."""
+    from dragnb import DragSession, graphs, set_speed
+    from dragnb.models import tiny_model
+    from scenes import FAST, disc_scene
+    m = tiny_model(seed=0)
+    set_speed(m, cuda_graph=True)
+    emulated.unet = m.unet
+    s = DragSession(m, disc_scene(), prompt="a disc", seed=0, config=m.default_config(**{**FAST, "lora_steps": 2}))
+    s.prepare(progress=False)
+    before = graphs.stats(m)
+    lats = po.eager_inversion(s, po.session_lora(s))
+    after = graphs.stats(m)
+    assert m.speed["cuda_graph"] and (after["captures"], after["replays"]) == (before["captures"], before["replays"])
+    assert len(lats) == s.config.drag_step_index + 1
+    assert torch.equal(lats[-1], s.latent_at(0)) and not torch.equal(lats[0], lats[-1])
+
+
+def test_the_float16_reference_diagnostic_autocasts_only_the_official_loop_s_reference_pass(po):
+    """The official loop computes its reference (F0, x_prev_0) outside its float16 autocast; the diagnostic run
+    (`reference_dtype`) puts that first call, and only it, under the steps' autocast. Without it no call is touched."""
+    seen = []
+
+    def ff(z, t, e, **kw):
+        seen.append(torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu"))
+        return z, None
+
+    tap = po._Tap(ff, lambda o, t, x: (x, None), reference_dtype=torch.bfloat16)
+    for _ in range(3):
+        tap.forward_unet_features(torch.zeros(1, 1, 2, 2), 1, None)
+    assert seen == [torch.bfloat16, False, False]
+    seen.clear()
+    plain = po._Tap(ff, lambda o, t, x: (x, None))
+    for _ in range(2):
+        plain.forward_unet_features(torch.zeros(1, 1, 2, 2), 1, None)
+    assert seen == [False, False]
+    sm = dict(f16_reference_max_dlatent=0.21, f16_reference_n_steps=80, f16_reference_handles_identical=True,
+              step1_mask_loss=[0.0, 0.166, 0.0])
+    assert po.f16_reference_line(sm) == (
+        "official loop with its reference pass in float16 (as dragnb's): max |dlatent| = 0.21 over 80 steps against "
+        "dragnb, handles identical: yes; mask term at step 1: dragnb 0, official 0.166, official with a float16 "
+        "reference 0")
+    assert po.f16_reference_line({"max_dlatent": 0.0}) is None
+
+
 def test_the_official_stages_get_the_session_s_own_lora(po):
     """parity_sd and parity_drag_only hand the official code the LoRA the dragnb session trained (its cache entry),
     not a second training: on a GPU the session trains through CUDA graphs and a retrain would run eagerly, and in
