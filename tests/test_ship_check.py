@@ -128,3 +128,32 @@ def test_paired_verdict_tells_noise_from_a_change(sc):
     # better beyond noise in one measure, equal in the other: ship, no note
     better = {**noise, "iou": {"mean": 0.10, "se": 0.02}}
     assert sc.verdict({**cand, "shape_fidelity": 0.5}, shipped, pair=better) == (True, [])
+
+
+def test_the_prior_must_be_better_beyond_noise(sc):
+    """With the counts kept (shapes drawn, x0 PSNR per held-out scene), a prior only counts as better when one
+    measure rises by more than two standard errors and the other does not fall by more: the twelfth session's
+    candidate (fidelity 0.836 -> 0.857 over 134 shapes, x0 PSNR +0.08 dB) is noise, and is kept out."""
+    shipped = {"dist_frac": 0.29, "iou": 0.51, "bg_psnr": 31.2, "lost": 1}
+    noise = {"n": 50, "dist_frac": {"mean": 0.023, "se": 0.031}, "iou": {"mean": 0.0, "se": 0.024}}
+    base = [25.0 + 0.3 * k for k in range(16)]
+    old_prior = {"shape_fidelity": 0.836, "fidelity_shapes": 131, "x0_psnr_db": 27.25, "x0_psnr_scenes": base}
+    wobble = [b + (0.1 if k % 2 else 0.06) for k, b in enumerate(base)]     # +0.08 dB, se 0.005: beyond noise
+    flat = [b + (0.5 if k % 2 else -0.34) for k, b in enumerate(base)]      # +0.08 dB, se 0.11: noise
+
+    def cand(fid, scenes):
+        return {**_cand(dist_frac=0.31, iou=0.51), "shape_fidelity": fid, "fidelity_shapes": 134,
+                "x0_psnr_db": sum(scenes) / 16, "x0_psnr_scenes": scenes, "shipped_prior": old_prior}
+    ok, why = sc.verdict(cand(0.857, flat), shipped, pair=noise)
+    assert not ok and "not better beyond noise" in why[0] and "+0.021 ± 0.044" in why[0]
+    ch = sc.prior_change(cand(0.857, flat), old_prior)
+    assert abs(ch["x0_psnr_db"]["mean"] - 0.08) < 1e-9 and 0.1 < ch["x0_psnr_db"]["se"] < 0.12
+    # the same x0 gain, consistent on every scene: beyond noise, and the fidelity does not fall beyond noise: ship
+    ok, why = sc.verdict(cand(0.857, wobble), shipped, pair=noise)
+    assert ok and "shipped on the prior" in why[0]
+    # a fidelity jump beyond noise with x0 PSNR no worse beyond noise: ship
+    assert sc.verdict(cand(0.95, flat), shipped, pair=noise)[0]
+    # x0 better beyond noise but fidelity down beyond noise: keep
+    assert not sc.verdict(cand(0.70, wobble), shipped, pair=noise)[0]
+    # records without the counts fall back to the plain comparison
+    assert sc.prior_change({"shape_fidelity": 0.9, "x0_psnr_db": 26.0}, old_prior) is None

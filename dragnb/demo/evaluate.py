@@ -31,9 +31,12 @@ def _unet_fn(unet, emb):
 
 
 @torch.no_grad()
-def x0_psnr_by_level(unet, sched, emb, factor: int, n: int = 16, timesteps=TIMESTEPS, seed: int = 0) -> list[dict]:
+def x0_psnr_by_level(unet, sched, emb, factor: int, n: int = 16, timesteps=TIMESTEPS, seed: int = 0,
+                     per_scene: bool = False) -> list[dict]:
     """[{t, abar, v_mse, x0_psnr}] for each timestep: n held-out scenes noised to t with a fixed generator,
-    x0 predicted in one UNet call (any prediction type) against the clean scene (PSNR in dB, uint8 images)."""
+    x0 predicted in one UNet call (any prediction type) against the clean scene (PSNR in dB, uint8 images; the mean
+    over scenes, and with `per_scene` each scene's as `x0_psnr_scenes`: the same scenes and noise for any model, so
+    two models' figures pair scene by scene)."""
     dev = next(unet.parameters()).device
     src = np.stack([render(random_scene(HELD_OUT_SEED0 + i)) for i in range(n)])
     x0 = F.pixel_unshuffle(M.uint8_to_tensor(src), factor)
@@ -50,9 +53,25 @@ def x0_psnr_by_level(unet, sched, emb, factor: int, n: int = 16, timesteps=TIMES
         if sched.config.prediction_type == "v_prediction":
             row["v_mse"] = float(((out - (a.sqrt() * noise - (1 - a).sqrt() * x0)) ** 2).mean())
         rec = M.tensor_to_uint8(F.pixel_shuffle(x0p, factor))
-        row["x0_psnr"] = float(np.mean([psnr(r, s) for r, s in zip(rec, src)]))
+        scenes = [float(psnr(r, s)) for r, s in zip(rec, src)]
+        row["x0_psnr"] = float(np.mean(scenes))
+        if per_scene:
+            row["x0_psnr_scenes"] = scenes
         rows.append(row)
     return rows
+
+
+@torch.no_grad()
+def roundtrip_psnr(unet, sched, emb, factor: int, n: int = 16, n_steps: int = 50, k: int = 35) -> list[float]:
+    """Per held-out scene (the x0 PSNR's scenes): DDIM-invert k of n_steps steps, denoise back, PSNR (dB, uint8)
+    against the scene. Without a LoRA: how faithfully the prior alone inverts, where the drag starts."""
+    dev = next(unet.parameters()).device
+    src = np.stack([render(random_scene(HELD_OUT_SEED0 + i)) for i in range(n)])
+    x0 = M.encode(M.uint8_to_tensor(src), factor).to(dev)
+    fn = _unet_fn(unet, emb.to(dev))
+    zt = ddim.invert(fn, sched, x0, n_steps, k)[-1]
+    rec = M.tensor_to_uint8(M.decode(ddim.denoise(fn, sched, zt, n_steps, k).float().cpu(), factor))
+    return [float(psnr(a, b)) for a, b in zip(src, rec)]
 
 
 @torch.no_grad()
