@@ -136,6 +136,34 @@ def test_short_parity_run_against_the_official_code(po, capsys):
     assert res["stages"]["inversion_z_t"] <= 1e-5 and res["stages"]["whole_edit_image_max_levels_same_rounding"] <= 1
 
 
+@pytest.mark.skipif(not os.path.isfile(os.path.join(OFFICIAL, "utils", "drag_utils.py")),
+                    reason="no DragDiffusion checkout: set DRAGNB_OFFICIAL_DIR (benchmarks/PARITY.md)")
+def test_graphed_parity_run_under_the_stand_in(po, emulated, monkeypatch, capsys):
+    """The whole side-by-side run with dragnb's CUDA graphs on, under the CPU stand-in for torch's capture: every
+    stage equals the official code's in float32, the graphed inversion and its eager rerun included (the GPU runs'
+    inversion gap is then not the graphs' logic), and the eager-rerun line is printed."""
+    pytest.importorskip("einops")
+    import dragnb.bench
+    from dragnb import set_speed
+    load = dragnb.bench.model_by_name
+
+    def graphed(name, device=None, dtype=None):
+        m = load(name, device, dtype)
+        set_speed(m, cuda_graph=True)
+        emulated.unet = m.unet
+        return m
+    monkeypatch.setattr(dragnb.bench, "model_by_name", graphed)
+    res = po.main(["--official", OFFICIAL, "--steps", "4", "--lora-steps", "2", "--quiet"])
+    out = capsys.readouterr().out
+    st = res["stages"]
+    assert st["inversion_z_t"] <= 1e-5 and st["inversion_z_t_eager"] <= 1e-5 and st["inversion_graphed_vs_eager"] == 0
+    cfg = res["config"]
+    assert len(res["inversion_per_step_eager_vs_official"]) == round(cfg["n_inference_steps"] *
+                                                                     cfg["inversion_strength"]) + 1
+    assert res["summary"]["max_dlatent"] <= 1e-5 and res["summary"]["graphed_vs_eager_max_dlatent"] == 0
+    assert "dragnb eager (graphs off, same session)" in out and emulated.no_grad_captures >= 1
+
+
 def test_eager_rerun_of_a_graphed_session(po, emulated):
     """With CUDA graphs on, parity_sd reruns dragnb's drag loop eagerly in the same session: the same z_t and LoRA,
     the graphs neither used nor dropped, and the option back on afterwards. Under the stand-in for torch's capture
