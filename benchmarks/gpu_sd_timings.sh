@@ -10,22 +10,12 @@
 # The whole run is capped at GPU_SD_TIMEOUT seconds (default 480) so a device call keeps its output; part 3 (the
 # speed options) starts no row likely to end within 30 s of that cap (--deadline-s, unless given).
 set -uo pipefail
-if [ $# -lt 1 ] || [ "${1#-}" != "$1" ]; then
-    echo "usage: $0 OUT_DIR [--official DIR] [--quick] [...]" >&2
-    exit 2
-fi
-OUT_DIR=$1
-shift
 REPO=$(cd "$(dirname "$0")/.." && pwd)
-PY=${PYTHON:-python3}
-mkdir -p "$OUT_DIR"
-
-# 1. diffusers (the GPU machine has torch, peft, transformers, accelerate, einops, but no diffusers)
 . "$REPO/benchmarks/carried_diffusers.sh"
+start_prepared_call "[--official DIR] [--quick] [...]" "$@" || exit 2
+shift
 use_carried_diffusers "$REPO" "$PY" || exit 3
-# 2. dragnb from this tree (no pip install: the CPU torch pin must not reach that machine)
-export PYTHONPATH=$REPO${PYTHONPATH:+:$PYTHONPATH}
-export PYTHONUNBUFFERED=1 TQDM_DISABLE=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+use_this_tree "$REPO"
 
 ARGS=("$@")
 if [ -d "$REPO/.official" ] && [[ " $* " != *" --official "* ]] && [[ " $* " != *" --no-official "* ]]; then

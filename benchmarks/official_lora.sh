@@ -9,25 +9,18 @@
 # which only the official trainer's process reads. Needs .official/ (benchmarks/PARITY.md). Capped at
 # OFFICIAL_LORA_TIMEOUT seconds (default 150); the output lands in OUT_DIR/official_lora.json and .log.
 set -uo pipefail
-if [ $# -lt 1 ] || [ "${1#-}" != "$1" ]; then
-    echo "usage: $0 OUT_DIR [official_lora.py options]" >&2
-    exit 2
-fi
-OUT_DIR=$1
-shift
 REPO=$(cd "$(dirname "$0")/.." && pwd)
-PY=${PYTHON:-python3}
-mkdir -p "$OUT_DIR"
+. "$REPO/benchmarks/carried_diffusers.sh"
+start_prepared_call "[official_lora.py options]" "$@" || exit 2
+shift
 [ -f "$REPO/.official/utils/lora_utils.py" ] || { echo "no .official/ checkout (benchmarks/PARITY.md)" >&2; exit 3; }
 ls "$REPO"/.whl024/*.whl >/dev/null 2>&1 || { echo "no wheels in .whl024/ (benchmarks/PARITY.md)" >&2; exit 3; }
-. "$REPO/benchmarks/carried_diffusers.sh"
 use_carried_diffusers "$REPO" "$PY" || exit 3
 if [ ! -d /tmp/site024/diffusers ]; then
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site024 \
         "$REPO"/.whl024/*.whl || { echo "installing .whl024/ failed" >&2; exit 3; }
 fi
-export PYTHONPATH=$REPO${PYTHONPATH:+:$PYTHONPATH}
-export PYTHONUNBUFFERED=1 TQDM_DISABLE=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+use_this_tree "$REPO"
 timeout "${OFFICIAL_LORA_TIMEOUT:-150}" "$PY" "$REPO/benchmarks/official_lora.py" "$OUT_DIR" --official "$REPO/.official" \
     --site024 /tmp/site024 --timeout "$(( ${OFFICIAL_LORA_TIMEOUT:-150} - 60 ))" "$@" 2>&1 \
     | grep -v -e "Warning" -e "deprecate(" -e "_register_pytree_node" | tee "$OUT_DIR/official_lora.log"

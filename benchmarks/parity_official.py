@@ -547,14 +547,13 @@ def parity_sd(off, model, a) -> dict:
         z_t_o, lats_o = adapter.invert(adapter.preprocess(image), emb, args)
         stages["encode_z0"] = maxabs(lats_o[0], model.encode(adapter.preprocess(image).float()))
         stages["inversion_z_t"] = maxabs(z_t_o, z_t_d)
-    # dragnb's inversion again, eagerly (CUDA graphs off), step by step against the official one, so that a gap at
-    # z_t can be placed: graphed against eager dragnb, or the two codes' eager kernels, and from which step it grows
-    lats_e = eager_inversion(s, lstate)
-    stages["inversion_z_t_eager"] = maxabs(z_t_o, lats_e[-1])
-    res["inversion_per_step_eager_vs_official"] = [maxabs(o, e) for o, e in zip(lats_o, lats_e)]
-    if graphs.active(model):
-        stages["inversion_graphed_vs_eager"] = maxabs(z_t_d, lats_e[-1])
-    with lora.applied(model.unet, lstate):
+        # dragnb's inversion again, eagerly (CUDA graphs off), step by step against the official one, so that a gap
+        # at z_t can be placed: graphed against eager dragnb, or the two codes' kernels, and from which step it grows
+        lats_e = eager_inversion(s, lstate)
+        stages["inversion_z_t_eager"] = maxabs(z_t_o, lats_e[-1])
+        res["inversion_per_step_eager_vs_official"] = [maxabs(o, e) for o, e in zip(lats_o, lats_e)]
+        if graphs.active(model):
+            stages["inversion_graphed_vs_eager"] = maxabs(z_t_d, lats_e[-1])
         t = adapter.timestep(args)
         res["t"] = int(t)
         # 2. source features at the same z_t
@@ -652,33 +651,36 @@ def parity_sd(off, model, a) -> dict:
     return res
 
 
+@contextlib.contextmanager
+def graphs_off(model):
+    """The model's CUDA graphs off for the block (`graphs.active()` reads the option; the captured graphs stay), the
+    option back as it was afterwards."""
+    was = model.speed.get("cuda_graph", False)
+    model.speed["cuda_graph"] = False
+    try:
+        yield
+    finally:
+        model.speed["cuda_graph"] = was
+
+
 def eager_inversion(session, lstate) -> list:
     """The session's DDIM inversion once more with the model's CUDA graphs off, on the LoRA weights `lstate`:
     [z0, z_1, ..., z_t] as `ddim.invert` returns them (the cache and the graphs are left as they were)."""
     m, spec = session.model, session.spec
     c = spec.config
-    was = m.speed.get("cuda_graph", False)
-    m.speed["cuda_graph"] = False
-    try:
-        with using(m, lstate), torch.no_grad():
-            z0 = m.encode(spec.image_tensor())
-            return ddim.invert(guided_unet_fn(m, m.encode_prompt(spec.prompt), c.guidance_scale), m.scheduler, z0,
-                               c.n_inference_steps, c.drag_step_index)
-    finally:
-        m.speed["cuda_graph"] = was
+    with graphs_off(m), using(m, lstate), torch.no_grad():
+        z0 = m.encode(spec.image_tensor())
+        return ddim.invert(guided_unet_fn(m, m.encode_prompt(spec.prompt), c.guidance_scale), m.scheduler, z0,
+                           c.n_inference_steps, c.drag_step_index)
 
 
 def eager_drag_rerun(session, n_steps: int) -> list:
     """The session's drag loop once more from step 0 with the model's CUDA graphs off (the LoRA, inversion and source
     features cached: the same z_t as the graphed loop), as `drag_records`. The session is left at the end of this
     eager loop; the graphs are kept."""
-    m = session.model
-    m.speed["cuda_graph"] = False          # graphs.active() reads this; the captured graphs stay
-    try:
+    with graphs_off(session.model):
         session.rewind(session.n_steps)
         return drag_records(session, n_steps)
-    finally:
-        m.speed["cuda_graph"] = True
 
 
 def parity_drag_only(off, model, a) -> dict:

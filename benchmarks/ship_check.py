@@ -96,10 +96,7 @@ def prior_change(cand: dict, shipped: dict) -> dict | None:
     a, b = cand["shape_fidelity"], shipped["shape_fidelity"]
     se_f = math.sqrt(a * (1 - a) / max(cand["fidelity_shapes"], 1) + b * (1 - b) / max(shipped["fidelity_shapes"], 1))
     diffs = [x - y for x, y in zip(cand["x0_psnr_scenes"], shipped["x0_psnr_scenes"])]
-    n = len(diffs)
-    mean = sum(diffs) / n
-    se_x = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1) / n) if n > 1 else float("inf")
-    return {"fidelity": {"mean": a - b, "se": se_f}, "x0_psnr_db": {"mean": mean, "se": se_x, "n": n}}
+    return {"fidelity": {"mean": a - b, "se": se_f}, "x0_psnr_db": {**mean_se(diffs), "n": len(diffs)}}
 
 
 def prior_better(cand: dict, shipped: dict) -> tuple[bool, str]:
@@ -151,11 +148,13 @@ def paired(cand_rows: list[dict], shipped_rows: list[dict], keys=("dist_frac", "
     both = [(r, old[r["seed"]]) for r in cand_rows if r.get("seed") in old]
     if len(both) < 10:
         return None
-    out = {"n": len(both)}
-    for k in keys:
-        d = [float(a[k]) - float(b[k]) for a, b in both]
-        out[k] = {"mean": statistics.fmean(d), "se": statistics.stdev(d) / len(d) ** 0.5}
-    return out
+    return {"n": len(both), **{k: mean_se([float(a[k]) - float(b[k]) for a, b in both]) for k in keys}}
+
+
+def mean_se(diffs: list[float]) -> dict:
+    """{"mean", "se"} of paired differences: their mean and its standard error (inf for fewer than two)."""
+    se = statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else float("inf")
+    return {"mean": statistics.fmean(diffs), "se": se}
 
 
 def demo_seconds(weights: str, runs: int) -> list[float]:

@@ -30,6 +30,12 @@ def _unet_fn(unet, emb):
     return fn
 
 
+def held_out_scenes(n: int) -> np.ndarray:
+    """(n, H, W, 3) uint8: the first n held-out scenes (world seeds HELD_OUT_SEED0, +1, ...), which training never
+    draws; every prior measure here reads the same ones."""
+    return np.stack([render(random_scene(HELD_OUT_SEED0 + i)) for i in range(n)])
+
+
 @torch.no_grad()
 def x0_psnr_by_level(unet, sched, emb, factor: int, n: int = 16, timesteps=TIMESTEPS, seed: int = 0,
                      per_scene: bool = False) -> list[dict]:
@@ -38,7 +44,7 @@ def x0_psnr_by_level(unet, sched, emb, factor: int, n: int = 16, timesteps=TIMES
     over scenes, and with `per_scene` each scene's as `x0_psnr_scenes`: the same scenes and noise for any model, so
     two models' figures pair scene by scene)."""
     dev = next(unet.parameters()).device
-    src = np.stack([render(random_scene(HELD_OUT_SEED0 + i)) for i in range(n)])
+    src = held_out_scenes(n)
     x0 = F.pixel_unshuffle(M.uint8_to_tensor(src), factor)
     g = torch.Generator().manual_seed(seed)
     fn = _unet_fn(unet, emb.to(dev))
@@ -66,7 +72,7 @@ def roundtrip_psnr(unet, sched, emb, factor: int, n: int = 16, n_steps: int = 50
     """Per held-out scene (the x0 PSNR's scenes): DDIM-invert k of n_steps steps, denoise back, PSNR (dB, uint8)
     against the scene. Without a LoRA: how faithfully the prior alone inverts, where the drag starts."""
     dev = next(unet.parameters()).device
-    src = np.stack([render(random_scene(HELD_OUT_SEED0 + i)) for i in range(n)])
+    src = held_out_scenes(n)
     x0 = M.encode(M.uint8_to_tensor(src), factor).to(dev)
     fn = _unet_fn(unet, emb.to(dev))
     zt = ddim.invert(fn, sched, x0, n_steps, k)[-1]

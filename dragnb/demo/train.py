@@ -37,7 +37,7 @@ import torch
 from dragnb import ddim
 from dragnb.demo import model as M
 from dragnb.demo.stepping import GraphedStep, StepSplit
-from dragnb.demo.world import random_batch, random_scene, render
+from dragnb.demo.world import random_batch
 from dragnb.metrics import psnr
 
 # --------------------------------------------------------------------------------------------------
@@ -144,7 +144,7 @@ def make_figures(unet, emb, losses, fig_dir: Path, device, seed: int = 0, factor
         Image.fromarray(grid).resize((grid.shape[1] * 2, grid.shape[0] * 2), Image.NEAREST).save(fig_dir / "samples_from_noise.png")
         out["shape_fidelity"] = {k: round(v, 4) if isinstance(v, float) else v for k, v in rep["fidelity"].items()}
     # inversion round trip on held-out scenes (seeds >= 10**9)
-    src = np.stack([render(random_scene(10**9 + i)) for i in range(8)])
+    src = evaluate.held_out_scenes(8)
     x0 = M.encode(M.uint8_to_tensor(src), factor).to(device)
     rec = M.tensor_to_uint8(M.decode(ddim_denoise(unet, ddim_invert(unet, x0, emb, 50, 35), emb, 50, 35), factor))
     ps = [psnr(a, b) for a, b in zip(src, rec)]
