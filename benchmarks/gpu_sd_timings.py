@@ -96,7 +96,7 @@ def table(res: dict) -> str:
         if c.get("graphs"):
             from dragnb.graphs import stats_line
             lines += ["", f"dragnb with CUDA graphs: {stats_line(c['graphs'])}"]
-        for k in ("noise_floor_line", "f16_reference_line", "eager_line"):
+        for k in ("inversion_line", "noise_floor_line", "f16_reference_line", "eager_line"):
             if c.get(k):
                 lines += ["", c[k]]
         lines += ["", c.get("parity_line", "")]
@@ -273,8 +273,10 @@ def main(argv=None):
                                                                  "f16_reference_mask_loss")}
                           for r in pr["per_step"]],
                 inversion_per_step_eager_vs_official=pr.get("inversion_per_step_eager_vs_official"),
+                inversion_noise_floor_per_step=pr.get("inversion_noise_floor_per_step"),
                 parity_line=po.parity_line(sm), noise_floor_line=po.noise_floor_line(sm),
-                f16_reference_line=po.f16_reference_line(sm), eager_line=po.eager_line(sm))
+                f16_reference_line=po.f16_reference_line(sm), eager_line=po.eager_line(sm),
+                inversion_line=po.inversion_line(sm))
             if m.speed.get("cuda_graph"):
                 from dragnb import graphs
                 res["side_by_side"]["graphs"] = graphs.stats(m)

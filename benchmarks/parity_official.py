@@ -183,10 +183,13 @@ class _Tap:
     def forward_unet_features(self, z, t, encoder_hidden_states, layer_idx=(0,), interp_res_h=256, interp_res_w=256):
         # the loop's first call is its reference (F0, x_prev_0), which the official code computes outside its float16
         # autocast, on the float32 UNet; `reference_dtype` runs it under the steps' autocast instead (a diagnostic)
+        # Only that diagnostic may open an autocast context here: a disabled `torch.autocast` would also switch off
+        # the official steps' own float16 autocast around this call (a run of 2026-11-27 did, see PARITY.md)
         first = not self.latents
         self.latents.append(z.detach().float().clone())
-        with torch.autocast(z.device.type, dtype=self.reference_dtype or torch.float16,
-                            enabled=first and self.reference_dtype is not None):
+        ctx = (torch.autocast(z.device.type, dtype=self.reference_dtype)
+               if first and self.reference_dtype is not None else contextlib.nullcontext())
+        with ctx:
             return self._ff(z, t, encoder_hidden_states, layer_idx=layer_idx, interp_res_h=interp_res_h,
                             interp_res_w=interp_res_w)
 
@@ -554,6 +557,8 @@ def parity_sd(off, model, a) -> dict:
         res["inversion_per_step_eager_vs_official"] = [maxabs(o, e) for o, e in zip(lats_o, lats_e)]
         if graphs.active(model):
             stages["inversion_graphed_vs_eager"] = maxabs(z_t_d, lats_e[-1])
+        lats_n = eager_inversion(s, lstate, perturb=True)
+        res["inversion_noise_floor_per_step"] = [maxabs(e, n) for e, n in zip(lats_e, lats_n)]
         t = adapter.timestep(args)
         res["t"] = int(t)
         # 2. source features at the same z_t
@@ -632,7 +637,11 @@ def parity_sd(off, model, a) -> dict:
                           final_psnr_db=res["final_psnr_db"],
                           noise_floor_max_dlatent=max((r.get("noise_floor_dlatent", 0.0) for r in per_step),
                                                       default=0.0),
-                          z_t_float16_rounding=maxabs(z_t_d.half().float(), z_t_d))
+                          z_t_float16_rounding=maxabs(z_t_d.half().float(), z_t_d),
+                          inversion_gap=stages["inversion_z_t_eager"],
+                          inversion_noise_floor=res["inversion_noise_floor_per_step"][-1],
+                          inversion_first_step=[res["inversion_per_step_eager_vs_official"][1],
+                                                res["inversion_noise_floor_per_step"][0]])
     if r_recs is not None:
         rows = [r for r in per_step if "f16_reference_dlatent" in r]
         res["summary"].update(
@@ -663,13 +672,29 @@ def graphs_off(model):
         model.speed["cuda_graph"] = was
 
 
-def eager_inversion(session, lstate) -> list:
+def one_float16_step(z: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """`z` with a random half of its entries moved to the next float16 value away from zero (kept in z's dtype):
+    a change the size of float16 rounding, to measure how far a stage carries such noise."""
+    g = torch.Generator().manual_seed(seed)
+    pick = (torch.rand(z.shape, generator=g) < 0.5).to(z.device)
+    h = z.detach().half()
+    up = torch.nextafter(h, torch.where(h < 0, torch.tensor(-float("inf"), dtype=h.dtype, device=h.device),
+                                        torch.tensor(float("inf"), dtype=h.dtype, device=h.device)))
+    return torch.where(pick, up, h).to(z.dtype) if z.dtype == torch.float16 else \
+        torch.where(pick, z + (up.float() - h.float()).to(z.dtype), z)
+
+
+def eager_inversion(session, lstate, perturb: bool = False) -> list:
     """The session's DDIM inversion once more with the model's CUDA graphs off, on the LoRA weights `lstate`:
-    [z0, z_1, ..., z_t] as `ddim.invert` returns them (the cache and the graphs are left as they were)."""
+    [z0, z_1, ..., z_t] as `ddim.invert` returns them (the cache and the graphs are left as they were). With
+    `perturb`, from z0 moved by one float16 step in half its entries (`one_float16_step`): the inversion's own
+    noise floor, how far it carries a rounding-size change (the gap between the two codes starts at that size)."""
     m, spec = session.model, session.spec
     c = spec.config
     with graphs_off(m), using(m, lstate), torch.no_grad():
         z0 = m.encode(spec.image_tensor())
+        if perturb:
+            z0 = one_float16_step(z0)
         return ddim.invert(guided_unet_fn(m, m.encode_prompt(spec.prompt), c.guidance_scale), m.scheduler, z0,
                            c.n_inference_steps, c.drag_step_index)
 
@@ -760,6 +785,16 @@ def f16_reference_line(sm: dict) -> str | None:
             f"identical: {'yes' if sm['f16_reference_handles_identical'] else 'no'}{step1}")
 
 
+def inversion_line(sm: dict) -> str | None:
+    """The inversion gap between the codes beside the inversion's own noise floor (None without them)."""
+    if "inversion_noise_floor" not in sm:
+        return None
+    first, z0 = sm["inversion_first_step"]
+    return (f"inversion: dragnb eager against the official code max |dz_t| = {sm['inversion_gap']:.3g} (after its "
+            f"first step {first:.3g}); noise floor: dragnb's inversion against itself from z0 moved by one float16 "
+            f"step in half its entries (max change {z0:.3g}): max |dz_t| = {sm['inversion_noise_floor']:.3g}")
+
+
 def noise_floor_line(sm: dict) -> str | None:
     """The noise floor's line, from a result's `summary` (None for a result without one: the drag-only models)."""
     if "noise_floor_max_dlatent" not in sm:
@@ -826,7 +861,7 @@ def main(argv=None):
         v = res["final_psnr_same_rounding_db"]
         print(f"final image PSNR with dragnb's rounding applied to the official float image: "
               f"{'inf' if v == float('inf') else f'{v:.2f}'} dB (run_drag truncates to uint8, dragnb rounds)")
-    for line in (noise_floor_line(sm), f16_reference_line(sm), eager_line(sm)):
+    for line in (inversion_line(sm), noise_floor_line(sm), f16_reference_line(sm), eager_line(sm)):
         if line:
             print(line)
     print(parity_line(sm))

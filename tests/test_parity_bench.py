@@ -212,23 +212,27 @@ def test_eager_inversion_of_a_graphed_session(po, emulated):
 
 
 def test_the_float16_reference_diagnostic_autocasts_only_the_official_loop_s_reference_pass(po):
-    """The official loop computes its reference (F0, x_prev_0) outside its float16 autocast; the diagnostic run
-    (`reference_dtype`) puts that first call, and only it, under the steps' autocast. Without it no call is touched."""
+    """The official loop computes its reference (F0, x_prev_0) outside its float16 autocast and its steps inside it;
+    the diagnostic run (`reference_dtype`) puts the first call, the reference, under the steps' autocast too. The tap
+    must never switch the steps' own autocast off (a disabled `torch.autocast` around the call would: the bug of the
+    run of 2026-11-27, whose 'official' loop ran its steps in float32)."""
     seen = []
 
     def ff(z, t, e, **kw):
         seen.append(torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu"))
         return z, None
 
-    tap = po._Tap(ff, lambda o, t, x: (x, None), reference_dtype=torch.bfloat16)
-    for _ in range(3):
+    def loop(tap):   # as drag_diffusion_update calls it: the reference outside autocast, then steps inside
         tap.forward_unet_features(torch.zeros(1, 1, 2, 2), 1, None)
-    assert seen == [torch.bfloat16, False, False]
+        for _ in range(2):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                tap.forward_unet_features(torch.zeros(1, 1, 2, 2), 1, None)
+
+    loop(po._Tap(ff, lambda o, t, x: (x, None), reference_dtype=torch.bfloat16))
+    assert seen == [torch.bfloat16, torch.bfloat16, torch.bfloat16]
     seen.clear()
-    plain = po._Tap(ff, lambda o, t, x: (x, None))
-    for _ in range(2):
-        plain.forward_unet_features(torch.zeros(1, 1, 2, 2), 1, None)
-    assert seen == [False, False]
+    loop(po._Tap(ff, lambda o, t, x: (x, None)))
+    assert seen == [False, torch.bfloat16, torch.bfloat16]
     sm = dict(f16_reference_max_dlatent=0.21, f16_reference_n_steps=80, f16_reference_handles_identical=True,
               step1_mask_loss=[0.0, 0.166, 0.0])
     assert po.f16_reference_line(sm) == (
@@ -256,3 +260,21 @@ def test_the_official_stages_get_the_session_s_own_lora(po):
     s0 = DragSession(m, disc_scene(), prompt="a disc", seed=0, config=m.default_config(**{**FAST, "lora_steps": 0}))
     s0.prepare(progress=False)
     assert po.session_lora(s0) is None
+
+
+def test_one_float16_step_moves_half_the_entries_by_one_float16_value_and_the_inversion_line_reads_it(po):
+    z = torch.tensor([[0.5, -0.5, 1.0, -2.0] * 64])
+    for dtype in (torch.float32, torch.float16):
+        w = po.one_float16_step(z.to(dtype))
+        assert w.dtype == dtype
+        moved = w.float() != z
+        assert 0.3 < moved.float().mean().item() < 0.7           # about half, drawn from a fixed seed
+        step = (w.float() - z)[moved] / z[moved]                  # away from zero, by one float16 step
+        assert torch.allclose(step, torch.full_like(step, 2.0 ** -10))
+        assert torch.equal(po.one_float16_step(z.to(dtype)), w)
+    sm = dict(inversion_gap=0.99, inversion_noise_floor=1.02, inversion_first_step=[2.5e-4, 4.9e-4])
+    assert po.inversion_line(sm) == (
+        "inversion: dragnb eager against the official code max |dz_t| = 0.99 (after its first step 0.00025); noise "
+        "floor: dragnb's inversion against itself from z0 moved by one float16 step in half its entries (max change "
+        "0.00049): max |dz_t| = 1.02")
+    assert po.inversion_line({"max_dlatent": 0.0}) is None
