@@ -162,3 +162,39 @@ def test_figures_default_beside_the_weights_unless_the_shipped_model_is_replaced
     assert train.default_figures(tmp_path / "w") == tmp_path / "w_figures"
     shipped = Path(train.__file__).resolve().parent / "weights"
     assert train.default_figures(shipped) == Path("docs/demo_model")
+
+
+@pytest.mark.timeout(180)
+def test_train_repeat_compares_two_processes_weights(tmp_path):
+    """benchmarks/train_repeat.py: two runs of the same seed in their own processes, weights compared tensor by
+    tensor. On a CPU training from one seed is deterministic, so they are identical; a third run from another seed
+    against the first is not (the comparison can say no). --deterministic is recorded in the training record."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("train_repeat", ROOT / "benchmarks" / "train_repeat.py")
+    tr = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tr)
+    small = ["--arch", "tiny", "--batch", "2", "--warmup", "2", "--threads", "1", "--device", "cpu",
+             "--precision", "fp32", "--deterministic"]
+    # through the GPU call's wrapper (benchmarks/gpu_train_repeat.sh), as the GPU machine runs it
+    env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)}
+    r = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_train_repeat.sh"), str(tmp_path / "a"), "--steps", "3",
+                        "--init", "none", "--", *small], env=env, capture_output=True, text=True, timeout=170)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert {"repeat.json", "repeat.log", "run1.log", "run2.log"} <= {p.name for p in (tmp_path / "a").iterdir()}
+    res = json.loads((tmp_path / "a" / "repeat.json").read_text())
+    assert r.stdout.strip().splitlines()[-1] == tr.repeat_line(res)
+    assert res["compare"]["identical"] and res["compare"]["max_abs"] == 0.0 and res["compare"]["tensors"] > 10
+    assert res["steps"] == 3 and res["device"].startswith("cpu") and len(res["training"]) == 2
+    assert all(r["deterministic"] is True and r["steps"] == 3 for r in res["training"])
+    assert tr.repeat_line(res).startswith("repeat: 3 steps twice from seed 0 on cpu") and \
+        tr.repeat_line(res).endswith("(0 differ), identical: yes")
+    # a run from another seed (in this process, so without --deterministic, which is process-wide) differs from the
+    # first pair's: the comparison is not blind
+    from dragnb.demo import train
+    train.main(["--out", str(tmp_path / "b"), "--figures", "none", *tr.DEFAULTS, *small[:-1], "--steps", "3",
+                "--seed", "1"])
+    c = tr.compare(tr.load_unet_weights(Path(res["training"][0]["command"].split("--out ")[1].split()[0])),
+                   tr.load_unet_weights(tmp_path / "b"))
+    assert not c["identical"] and c["max_abs"] > 0 and c["differ"] > 0
+    with pytest.raises(FileNotFoundError, match="no unet"):
+        tr.load_unet_weights(tmp_path / "nowhere")

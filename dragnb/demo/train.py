@@ -206,6 +206,11 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    p.add_argument("--deterministic", action="store_true",
+                   help="on CUDA: deterministic kernels (cuDNN's autotuner off, torch.use_deterministic_algorithms, "
+                        "a fixed cuBLAS workspace), so two runs from one seed can give the same weights; slower. "
+                        "Without it two 300-step H200 runs from one seed ended 0.008 apart in the largest weight "
+                        "(benchmarks/train_repeat.py measures it)")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="bf16",
                    help="autocast dtype of the forward pass (bf16: about 1.3x faster on a CPU with avx512_bf16; "
                         "weights, optimizer and EMA stay float32)")
@@ -238,6 +243,17 @@ def parse_args(argv=None):
     return args
 
 
+def make_deterministic():
+    """Deterministic kernels for this process: cuDNN without its autotuner (which may pick other algorithms in
+    another run) and with deterministic algorithms only, torch's deterministic mode (a warning, not an error, for
+    an op without a deterministic kernel), and the cuBLAS workspace setting that mode asks for (read when cuBLAS
+    starts, so before the first CUDA matmul)."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
 _GRAPHS_ON_CPU = False   # tests: let --cuda-graph run on a CPU (with an emulated capture)
 
 
@@ -264,7 +280,9 @@ def main(argv=None) -> dict:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.benchmark = not args.deterministic
+    if args.deterministic:
+        make_deterministic()
     batch = args.batch or (256 if device.type == "cuda" else 32)
     data = args.data if args.data != "auto" else ("torch" if device.type == "cuda" else "numpy")
     torch.manual_seed(args.seed)
@@ -330,7 +348,7 @@ def main(argv=None) -> dict:
                 "precision": args.precision, "arch": None if args.init else args.arch, "factor": factor,
                 "data": data, "data_chunk": chunk if data == "torch" else None, "min_snr": args.min_snr,
                 "t_focus": args.t_focus, "t_focus_prob": args.t_focus_prob,
-                "compile": args.compile, "cuda_graph": args.cuda_graph,
+                "compile": args.compile, "cuda_graph": args.cuda_graph, "deterministic": args.deterministic,
                 **({} if graphed is None else {"graph_replays": graphed.replays, "graph_failure": graphed.failure}),
                 "budget_minutes": args.minutes, "schedule_steps": total,
                 "skipped_steps": skipped, "params_M": round(n_params / 1e6, 2),
