@@ -18,10 +18,13 @@ WEIGHTS is a folder in the demo model's layout (`python -m dragnb.demo.train --o
 
 "Ship" (the verdict, and the gate for --install) means: within the size and demo-time gates, background >= 30 dB,
 drags not worse than the shipped model's beyond noise (case by case on the same seeds: a paired mean difference of
-more than two standard errors in distance left or IoU), and better: on both means, beyond noise on either, or,
-with drags equal within noise, in the prior: better beyond noise in shape fidelity or in x0 PSNR and not worse
+more than two standard errors in distance left or IoU), and better: beyond noise on either, or, with drags equal
+within noise, in the prior: better beyond noise in shape fidelity or in x0 PSNR and not worse
 beyond noise in the other (two standard errors: fidelity as two proportions over the shapes drawn, x0 PSNR paired
-over the same held-out scenes and noise). Without per-case rows of the shipped model it must be better on both means. Issue 17's goals are reported beside it;
+over the same held-out scenes and noise). A model better on both drag means but only within noise is equal, not
+better: it is kept out, since every shipped model adds its 25 MB to the repository's history (the thirteenth
+session's candidate: paired -0.011 +- 0.033 and +0.001 +- 0.021, the prior equal within noise too). Without per-case
+rows of the shipped model it must be better on both means. Issue 17's goals are reported beside it;
 they are the issue's to close, not this gate's. --install copies WEIGHTS into dragnb/demo/weights (the old files are
 removed first) and, where WEIGHTS_results/figures (what --unpack writes) exists, the training figures into
 docs/demo_model/; README and benchmarks/README figures stay for a person to rewrite from the printed table.
@@ -175,8 +178,8 @@ def verdict(cand: dict, shipped: dict | None, slow_demo_reason: str | None = Non
 
     Without `pair` (per-case rows of both models on common cases), "better" means a lower mean distance left and
     a higher mean IoU. With it, the drags must not be worse beyond noise (a paired mean difference of more than two
-    standard errors: distance up or IoU down), and the model must be better: on both means, beyond noise on either,
-    or, with drags equal within noise, in its prior beyond noise (`prior_better`; `cand["shipped_prior"]` holds the
+    standard errors: distance up or IoU down), and the model must be better: beyond noise on either, or, with drags
+    equal within noise (better means alone are noise too), in its prior beyond noise (`prior_better`; `cand["shipped_prior"]` holds the
     shipped model's). A ship on the prior says so in the reasons."""
     why = []
     ok = True
@@ -196,7 +199,6 @@ def verdict(cand: dict, shipped: dict | None, slow_demo_reason: str | None = Non
                    f"'full' row): measure the shipped model first with python benchmarks/bench_quality.py --n 50 "
                    f"--methods full,dragdiffusion --workers 2 --threads 2 --json {SHIPPED_QUALITY.relative_to(ROOT)}")
         return ok, why
-    means_better = q["dist_frac"] < shipped["dist_frac"] and q["iou"] > shipped["iou"]
     if pair is None:
         if q["dist_frac"] >= shipped["dist_frac"]:
             ok = False; why.append(f"distance left {q['dist_frac']:.2f} not below the shipped {shipped['dist_frac']:.2f}")
@@ -208,7 +210,7 @@ def verdict(cand: dict, shipped: dict | None, slow_demo_reason: str | None = Non
             f"{i['se']:.3f} (standard errors)")
     if d["mean"] > 2 * d["se"] or i["mean"] < -2 * i["se"]:
         return False, why + [f"drags worse than the shipped model's beyond noise ({text})"]
-    if means_better or d["mean"] < -2 * d["se"] or i["mean"] > 2 * i["se"]:
+    if d["mean"] < -2 * d["se"] or i["mean"] > 2 * i["se"]:
         return ok, why
     sp = cand.get("shipped_prior") or {}
     if cand.get("shape_fidelity") is None or sp.get("shape_fidelity") is None:

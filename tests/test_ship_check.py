@@ -128,6 +128,12 @@ def test_paired_verdict_tells_noise_from_a_change(sc):
     # better beyond noise in one measure, equal in the other: ship, no note
     better = {**noise, "iou": {"mean": 0.10, "se": 0.02}}
     assert sc.verdict({**cand, "shape_fidelity": 0.5}, shipped, pair=better) == (True, [])
+    # better on both means, but within noise, and no better prior: equal, kept out (the thirteenth session's case)
+    both_means = {**_cand(dist_frac=0.26, iou=0.49), **prior, "shape_fidelity": 0.70}
+    tiny = {"n": 50, "dist_frac": {"mean": -0.011, "se": 0.033}, "iou": {"mean": 0.001, "se": 0.021}}
+    assert sc.verdict(both_means, shipped)[0]                       # the means alone would ship it
+    ok, why = sc.verdict(both_means, shipped, pair=tiny)
+    assert not ok and "drags equal within noise" in why[0] and "-0.011 ± 0.033" in why[0]
 
 
 def test_the_prior_must_be_better_beyond_noise(sc):
