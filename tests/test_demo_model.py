@@ -229,3 +229,40 @@ def test_architectures_build_with_their_codec_and_feature_block():
         assert len(cfg["block_out_channels"]) == 4 and cfg["up_block_types"][2].startswith("CrossAttn")
     with pytest.raises(ValueError, match="unknown"):
         M.architecture("f8l9")
+
+
+def test_posterior_draws_spread_as_a_known_posterior_does():
+    """On Gaussian data x0 ~ N(0, s2) the posterior p(x0 | x_t) is known: mean sqrt(abar) s2 / (abar s2 + 1 - abar)
+    x_t, variance s2 (1 - abar) / (abar s2 + 1 - abar). With that exact posterior mean as the 'model', fine steps
+    draw with that variance and a calibration near 1; coarse steps draw too narrow, and the calibration says so."""
+    from dragnb import ddim
+    from dragnb.demo.evaluate import draws_spread, posterior_draws
+    sched, s2 = M.build_demo_scheduler(), 0.25
+
+    def fn(x, t):      # v-prediction of the exact posterior mean
+        a = ddim.alpha_bar(sched, t)
+        x0 = a.sqrt() * s2 / (a * s2 + 1 - a) * x
+        return (a.sqrt() * x - x0) / (1 - a).sqrt()
+    g = torch.Generator().manual_seed(0)
+    t = 741
+    a = ddim.alpha_bar(sched, t)
+    exact = float(s2 * (1 - a) / (a * s2 + 1 - a))
+    x0 = torch.randn(32, 3, 8, 8, generator=g) * s2 ** 0.5
+    xt = a.sqrt() * x0 + (1 - a).sqrt() * torch.randn(x0.shape, generator=g)
+    fine = draws_spread(posterior_draws(fn, sched, xt, t, 64, 5, g), x0)
+    assert abs(float(fine["var"].mean()) / exact - 1) < 0.06
+    assert abs(float(fine["calibration"].mean()) - 1) < 0.05
+    coarse = draws_spread(posterior_draws(fn, sched, xt, t, 64, 50, g), x0)
+    assert float(coarse["var"].mean()) < 0.85 * exact and float(coarse["calibration"].mean()) > 1.1
+    with pytest.raises(ValueError, match="k >= 2"):
+        posterior_draws(fn, sched, xt, t, 1)
+
+
+def test_x0_psnr_bound_reports_the_bound_beside_the_one_call():
+    from dragnb.demo.evaluate import x0_psnr_bound
+    unet = M.build_demo_unet("tiny").eval()
+    factor = M.architecture("tiny")["factor"]
+    b = x0_psnr_bound(unet, M.build_demo_scheduler(), M.make_prompt_embeds(0), factor, 741, n=2, k=3, stride=250)
+    assert {"bound_db", "one_call_db", "calibration", "bound_db_scenes", "one_call_db_scenes"} <= set(b)
+    assert b["t"] == 741 and len(b["bound_db_scenes"]) == 2 and all(math.isfinite(v) for v in b["bound_db_scenes"])
+    assert b["calibration"] > 0

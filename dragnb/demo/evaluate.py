@@ -5,6 +5,8 @@
   t = 681 at the default strength 0.7).
 * `samples_from_noise`: DDIM samples from pure noise (the whole schedule), as uint8 images.
 * `prior_report`: both, plus the shape fidelity of the samples (`dragnb.demo.fidelity`).
+* `x0_psnr_bound`: how high the one-call x0 PSNR can go at a timestep, by the posterior variance of the model's
+  own draws from p(x0 | x_t), with a calibration check (`posterior_draws`, `draws_spread`).
 
 Everything takes the bare pieces (unet, scheduler, prompt embedding, codec factor) so it runs on any
 device, inside a training run as well as on a loaded `DragModel`.
@@ -93,6 +95,72 @@ def samples_from_noise(unet, sched, emb, factor: int, n: int = 64, seed: int = 0
         x = ddim.sample(fn, sched, z[i:i + batch].to(dev), n_steps)[-1]
         out.append(M.tensor_to_uint8(F.pixel_shuffle(x.float().cpu(), factor)))
     return np.concatenate(out)
+
+
+@torch.no_grad()
+def posterior_draws(fn, sched, xt: torch.Tensor, t: int, k: int, stride: int = 20,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+    """(n, k, ...) draws of x0 from the model's posterior p(x0 | x_t), k for each of xt's n items: stochastic DDIM
+    (eta 1, i.e. DDPM's ancestral step on a coarser grid) from t down to 0 every `stride` timesteps, the last x0
+    prediction kept. `fn(x, t)` returns the model output in the scheduler's prediction type."""
+    if k < 2 or stride < 1 or not 0 < int(t) < len(sched.alphas_cumprod):
+        raise ValueError(f"posterior_draws: k={k}, stride={stride}, t={t}: use k >= 2 draws, a stride >= 1 and "
+                         f"0 < t < {len(sched.alphas_cumprod)}")
+    ts = list(range(int(t), -1, -stride))
+    n = xt.shape[0]
+    x = xt.repeat_interleave(k, dim=0)
+    x0p = x
+    for j, tj in enumerate(ts):
+        tp = ts[j + 1] if j + 1 < len(ts) else -1
+        x0p, eps = ddim.predict_x0_eps(sched, fn(x, tj), x, tj)
+        ab, abp = ddim.alpha_bar(sched, tj), ddim.alpha_bar(sched, tp)
+        sig = ((1 - abp) / (1 - ab) * (1 - ab / abp)).clamp(min=0).sqrt()
+        noise = torch.randn(x.shape, generator=generator).to(x.device, x.dtype)
+        x = abp.sqrt() * x0p + (1 - abp - sig ** 2).clamp(min=0).sqrt() * eps + sig * noise
+    return x0p.reshape(n, k, *xt.shape[1:])
+
+
+def draws_spread(draws: torch.Tensor, truth: torch.Tensor) -> dict:
+    """Per item of (n, k, ...) posterior draws against (n, ...) truths: `var` (the draws' unbiased variance per
+    element, averaged), `to_truth` (the draws' mean squared distance to the truth per element) and their ratio
+    `calibration` = to_truth / (2 var). The truth is itself a draw from the true posterior, so a model whose
+    posterior is right has calibration 1, and `var` is the mean squared error of the best possible estimate."""
+    k = draws.shape[1]
+    mean = draws.mean(1, keepdim=True)
+    elems = tuple(range(1, draws.dim() - 1))          # an item's element dims once the draws are summed over
+    var = ((draws - mean) ** 2).sum(1).mean(dim=elems) / (k - 1)
+    to_truth = ((draws - truth[:, None]) ** 2).mean(dim=tuple(range(1, draws.dim())))
+    return {"var": var, "to_truth": to_truth, "calibration": to_truth / (2 * var)}
+
+
+@torch.no_grad()
+def x0_psnr_bound(unet, sched, emb, factor: int, t: int, n: int = 16, k: int = 16, stride: int = 20,
+                  seed: int = 0) -> dict:
+    """How high one-call x0 PSNR can go at timestep t on the held-out scenes, by the model's own posterior.
+
+    Each scene, noised to t once, gets k posterior draws (`posterior_draws`). The best possible estimate of x0 from
+    x_t is the posterior mean, whose mean squared error is the posterior variance: `bound_db` is the PSNR that
+    variance allows (per scene, then averaged, as the x0 PSNR is). `one_call_db` is the model's one UNet call on the
+    same x_t, `calibration` checks the draws (about 1 when the model's posterior is right; above 1, the draws are too
+    narrow or off-centre, and the true bound is lower still). Images in [0, 255] floats, not rounded."""
+    dev = next(unet.parameters()).device
+    src = held_out_scenes(n)
+    x0 = F.pixel_unshuffle(M.uint8_to_tensor(src), factor)
+    g = torch.Generator().manual_seed(seed)
+    a = ddim.alpha_bar(sched, t)
+    xt = (a.sqrt() * x0 + (1 - a).sqrt() * torch.randn(x0.shape, generator=g)).to(dev)
+    fn = _unet_fn(unet, emb.to(dev))
+    one, _ = ddim.predict_x0_eps(sched, fn(xt, t), xt, t)
+    pix = lambda z: F.pixel_shuffle(z.float().cpu(), factor).clamp(-1, 1) * 127.5 + 127.5  # noqa: E731
+    truth = pix(x0)
+    draws = torch.stack([pix(posterior_draws(fn, sched, xt[i:i + 1], t, k, stride, g)[0]) for i in range(n)])
+    sp = draws_spread(draws, truth)
+    db = lambda mse: [float(10 * np.log10(255 ** 2 / max(float(m), 1e-12))) for m in mse]  # noqa: E731
+    bound = db(sp["var"])
+    one_call = db(((pix(one) - truth) ** 2).mean(dim=(1, 2, 3)))
+    return dict(t=int(t), abar=float(a), n=n, k=k, stride=stride, bound_db=float(np.mean(bound)),
+                one_call_db=float(np.mean(one_call)), calibration=float(sp["calibration"].mean()),
+                bound_db_scenes=bound, one_call_db_scenes=one_call)
 
 
 def sample_grid(images: np.ndarray, cols: int = 8) -> np.ndarray:
