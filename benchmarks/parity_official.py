@@ -559,6 +559,14 @@ def parity_sd(off, model, a) -> dict:
             stages["inversion_graphed_vs_eager"] = maxabs(z_t_d, lats_e[-1])
         lats_n = eager_inversion(s, lstate, perturb=True)
         res["inversion_noise_floor_per_step"] = [maxabs(e, n) for e, n in zip(lats_e, lats_n)]
+        if model.dtype != torch.float32:
+            # which precision path the gap follows: dragnb's inversion on the official path (float16 latents, no
+            # autocast) against the official one, and both float16 paths against the same inversion in float32
+            lats_p = eager_inversion(s, lstate, precision="plain")
+            lats_32 = eager_inversion(s, lstate, precision="float32")
+            stages["inversion_plain_vs_official"] = maxabs(lats_p[-1], z_t_o)
+            stages["inversion_float32_vs_dragnb"] = maxabs(lats_32[-1], lats_e[-1])
+            stages["inversion_float32_vs_official"] = maxabs(lats_32[-1], z_t_o)
         t = adapter.timestep(args)
         res["t"] = int(t)
         # 2. source features at the same z_t
@@ -639,6 +647,8 @@ def parity_sd(off, model, a) -> dict:
                                                       default=0.0),
                           z_t_float16_rounding=maxabs(z_t_d.half().float(), z_t_d),
                           inversion_gap=stages["inversion_z_t_eager"],
+                          **{k: stages[k] for k in ("inversion_plain_vs_official", "inversion_float32_vs_dragnb",
+                                                    "inversion_float32_vs_official") if k in stages},
                           inversion_noise_floor=res["inversion_noise_floor_per_step"][-1],
                           inversion_first_step=[res["inversion_per_step_eager_vs_official"][1],
                                                 res["inversion_noise_floor_per_step"][0]])
@@ -684,19 +694,47 @@ def one_float16_step(z: torch.Tensor, seed: int = 0) -> torch.Tensor:
         torch.where(pick, z + (up.float() - h.float()).to(z.dtype), z)
 
 
-def eager_inversion(session, lstate, perturb: bool = False) -> list:
+INVERSION_PRECISIONS = ("autocast", "plain", "float32")
+
+
+def eager_inversion(session, lstate, perturb: bool = False, precision: str = "autocast") -> list:
     """The session's DDIM inversion once more with the model's CUDA graphs off, on the LoRA weights `lstate`:
     [z0, z_1, ..., z_t] as `ddim.invert` returns them (the cache and the graphs are left as they were). With
     `perturb`, from z0 moved by one float16 step in half its entries (`one_float16_step`): the inversion's own
-    noise floor, how far it carries a rounding-size change (the gap between the two codes starts at that size)."""
+    noise floor, how far it carries a rounding-size change (the gap between the two codes starts at that size).
+
+    `precision` (guidance 1 only, as the benchmark's): "autocast" is dragnb's own path (the UNet under autocast on
+    float32 latents); "plain" the official pipeline's (latents and arithmetic in the model's dtype, the UNet called
+    without autocast); "float32" the same inversion with the UNet cast to float32 for the call and back after, the
+    reference both float16 paths are judged against. On a float32 model the three are one computation."""
+    if precision not in INVERSION_PRECISIONS:
+        raise ValueError(f"precision={precision!r}: use one of {INVERSION_PRECISIONS}")
     m, spec = session.model, session.spec
     c = spec.config
-    with graphs_off(m), using(m, lstate), torch.no_grad():
-        z0 = m.encode(spec.image_tensor())
-        if perturb:
-            z0 = one_float16_step(z0)
-        return ddim.invert(guided_unet_fn(m, m.encode_prompt(spec.prompt), c.guidance_scale), m.scheduler, z0,
-                           c.n_inference_steps, c.drag_step_index)
+    if precision != "autocast" and c.guidance_scale != 1.0:
+        raise ValueError(f"precision={precision!r} runs guidance 1 only, not {c.guidance_scale}")
+    cast = precision == "float32" and m.dtype != torch.float32
+    if cast:
+        unet_to(m, torch.float32)
+    try:
+        with graphs_off(m), using(m, lstate), torch.no_grad():
+            z0 = m.encode(spec.image_tensor())
+            if perturb:
+                z0 = one_float16_step(z0)
+            cond = m.encode_prompt(spec.prompt)
+            if precision == "autocast":
+                fn = guided_unet_fn(m, cond, c.guidance_scale)
+            else:
+                dt = m.dtype if precision == "plain" else torch.float32
+                z0 = z0.to(dt)
+
+                def fn(x, t):
+                    return m.unet(x.to(dt), t, encoder_hidden_states=cond.to(dt)).sample
+            lats = ddim.invert(fn, m.scheduler, z0, c.n_inference_steps, c.drag_step_index)
+            return [z.float() for z in lats]
+    finally:
+        if cast:
+            unet_to(m, m.dtype)
 
 
 def eager_drag_rerun(session, n_steps: int) -> list:
@@ -792,7 +830,11 @@ def inversion_line(sm: dict) -> str | None:
     first, z0 = sm["inversion_first_step"]
     return (f"inversion: dragnb eager against the official code max |dz_t| = {sm['inversion_gap']:.3g} (after its "
             f"first step {first:.3g}); noise floor: dragnb's inversion against itself from z0 moved by one float16 "
-            f"step in half its entries (max change {z0:.3g}): max |dz_t| = {sm['inversion_noise_floor']:.3g}")
+            f"step in half its entries (max change {z0:.3g}): max |dz_t| = {sm['inversion_noise_floor']:.3g}"
+            + (f"; dragnb on the official precision path (float16 latents, no autocast) against the official code: "
+               f"{sm['inversion_plain_vs_official']:.3g}; against the same inversion in float32: dragnb "
+               f"{sm['inversion_float32_vs_dragnb']:.3g}, official {sm['inversion_float32_vs_official']:.3g}"
+               if "inversion_plain_vs_official" in sm else ""))
 
 
 def noise_floor_line(sm: dict) -> str | None:

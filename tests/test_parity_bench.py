@@ -211,6 +211,55 @@ def test_eager_inversion_of_a_graphed_session(po, emulated):
     assert torch.equal(lats[-1], s.latent_at(0)) and not torch.equal(lats[0], lats[-1])
 
 
+def test_inversion_precision_paths(po):
+    """eager_inversion's precision paths: on a float32 model the three are one computation (bit for bit); on a
+    bfloat16 model they differ, the 'float32' path leaves the UNet's dtype and weights as they were, and a bad name or
+    a guided config is refused with the fix."""
+    from dragnb import DragSession
+    from dragnb.models import tiny_model
+    from scenes import FAST, disc_scene
+    m = tiny_model(seed=0)
+    s = DragSession(m, disc_scene(), prompt="a disc", seed=0, config=m.default_config(**{**FAST, "lora_steps": 2}))
+    s.prepare(progress=False)
+    ls = po.session_lora(s)
+    ref = po.eager_inversion(s, ls)
+    for prec in ("plain", "float32"):
+        assert all(torch.equal(a, b) for a, b in zip(ref, po.eager_inversion(s, ls, precision=prec))), prec
+    with pytest.raises(ValueError, match="use one of"):
+        po.eager_inversion(s, ls, precision="half")
+    m16 = tiny_model(seed=0).to(dtype=torch.bfloat16)
+    s16 = DragSession(m16, disc_scene(), prompt="a disc", seed=0, config=m16.default_config(**{**FAST, "lora_steps": 2}))
+    s16.prepare(progress=False)
+    ls16 = po.session_lora(s16)
+    before = {k: v.clone() for k, v in m16.unet.state_dict().items() if "lora_" not in k}   # the base weights
+    lats = {p_: po.eager_inversion(s16, ls16, precision=p_) for p_ in po.INVERSION_PRECISIONS}
+    after = m16.unet.state_dict()
+    assert len(before) > 50 and all(after[k].dtype == v.dtype and torch.equal(after[k], v) for k, v in before.items())
+    assert all(z.dtype == torch.float32 for z in lats["plain"])
+    assert not torch.equal(lats["plain"][-1], lats["float32"][-1])
+    assert not torch.equal(lats["autocast"][-1], lats["float32"][-1])
+    guided = DragSession(m, disc_scene(), prompt="a disc", seed=0,
+                         config=m.default_config(**{**FAST, "lora_steps": 0, "guidance_scale": 2.0}))
+    with pytest.raises(ValueError, match="guidance 1 only"):
+        po.eager_inversion(guided, None, precision="plain")
+
+
+@pytest.mark.skipif(not os.path.isfile(os.path.join(OFFICIAL, "utils", "drag_utils.py")),
+                    reason="no DragDiffusion checkout: set DRAGNB_OFFICIAL_DIR (benchmarks/PARITY.md)")
+def test_low_precision_inversion_gap_is_the_precision_path(po, capsys):
+    """In bfloat16 on the CPU the two codes' inversions part (autocast on float32 latents against plain low-precision
+    latents), and dragnb's inversion run on the official precision path equals the official one bit for bit: the gap
+    is the precision path, not the method. Both low-precision paths are measured against float32."""
+    pytest.importorskip("einops")
+    res = po.main(["--official", OFFICIAL, "--steps", "2", "--lora-steps", "2", "--dtype", "bfloat16", "--quiet"])
+    st, sm = res["stages"], res["summary"]
+    assert st["inversion_z_t_eager"] > 1e-3 and st["inversion_plain_vs_official"] == 0
+    assert 0 < st["inversion_float32_vs_dragnb"] < 1 and 0 < st["inversion_float32_vs_official"] < 1
+    assert "dragnb on the official precision path (float16 latents, no autocast) against the official code: 0;" in \
+        po.inversion_line(sm)
+    assert po.inversion_line(sm) in capsys.readouterr().out
+
+
 def test_the_float16_reference_diagnostic_autocasts_only_the_official_loop_s_reference_pass(po):
     """The official loop computes its reference (F0, x_prev_0) outside its float16 autocast and its steps inside it;
     the diagnostic run (`reference_dtype`) puts the first call, the reference, under the steps' autocast too. The tap
