@@ -179,8 +179,8 @@ def verdict(cand: dict, shipped: dict | None, slow_demo_reason: str | None = Non
     Without `pair` (per-case rows of both models on common cases), "better" means a lower mean distance left and
     a higher mean IoU. With it, the drags must not be worse beyond noise (a paired mean difference of more than two
     standard errors: distance up or IoU down), and the model must be better: beyond noise on either, or, with drags
-    equal within noise (better means alone are noise too), in its prior beyond noise (`prior_better`; `cand["shipped_prior"]` holds the
-    shipped model's). A ship on the prior says so in the reasons."""
+    equal within noise (better means alone are noise too), in its prior beyond noise (`prior_better`;
+    `cand["shipped_prior"]` holds the shipped model's). A ship on the prior says so in the reasons."""
     why = []
     ok = True
     if cand["weights_mb"] > SIZE_MB:

@@ -134,7 +134,7 @@ def draws_spread(draws: torch.Tensor, truth: torch.Tensor) -> dict:
 
 
 @torch.no_grad()
-def x0_psnr_bound(unet, sched, emb, factor: int, t: int, n: int = 16, k: int = 16, stride: int = 20,
+def x0_psnr_bound(unet, sched, emb, factor: int, t: int, n: int = 16, k: int = 8, stride: int = 10,
                   seed: int = 0) -> dict:
     """How high one-call x0 PSNR can go at timestep t on the held-out scenes, by the model's own posterior.
 
