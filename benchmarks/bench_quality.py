@@ -64,6 +64,8 @@ METHODS = {
     "beta 1.5 cells": dict(beta=1.5),
     "beta 2 cells": dict(beta=2.0),
     "beta 3 cells": dict(beta=3.0),
+    # up to five handle points on the shape instead of one, each dragged by the same offset (what a user can click)
+    "up to 5 handle points on the shape": dict(_points=5),
 }
 SHORT = {"full": "full", "nolora": "no LoRA (lora_steps=0)", "nomask": "no mask term (lam=0)",
          "nomutual": "no mutual self-attention", "steps20": "20 drag steps",
@@ -77,7 +79,8 @@ SHORT = {"full": "full", "nolora": "no LoRA (lora_steps=0)", "nomask": "no mask 
          "gd_convlora": "GoodDrag + conv LoRA", "gd_nostop": "GoodDrag without early stops",
          "reach1": "reach_distance 1 cell", "reach2": "reach_distance 2 cells (official)",
          "lr02": "drag_lr 0.02", "lr04": "drag_lr 0.04", "lr05": "drag_lr 0.05",
-         "beta15": "beta 1.5 cells", "beta2": "beta 2 cells", "beta3": "beta 3 cells"}
+         "beta15": "beta 1.5 cells", "beta2": "beta 2 cells", "beta3": "beta 3 cells",
+         "points5": "up to 5 handle points on the shape"}
 
 
 def run_methods(model, case, overrides_list: list[dict], seed: int = 0) -> list[tuple]:
@@ -93,13 +96,14 @@ def run_methods(model, case, overrides_list: list[dict], seed: int = 0) -> list[
     for ov in overrides_list:
         ov = dict(ov)
         painted = None if ov.pop("_no_mask", False) else case.mask    # `_no_mask`: the user painted nothing
+        drags = handle_points(case, ov.pop("_points", 1))
         cfg = model.default_config(**ov)
         if s is None:
             s = DragSession(model, case.image, seed=seed, config=cfg)
-            s.add_drag(handle=case.handle, target=case.target)
         else:
             s.configure(**cfg.to_dict())
             s.reset()
+        s.set_drags(drags)
         s.set_mask(painted)
         t0 = time.perf_counter()
         s.prepare(progress=False)
@@ -107,6 +111,33 @@ def run_methods(model, case, overrides_list: list[dict], seed: int = 0) -> list[
         img = np.asarray(s.result().convert("RGB"))
         out.append((img, time.perf_counter() - t0, s.n_steps))
     return out
+
+
+def handle_points(case, n: int = 1) -> list[tuple]:
+    """The case's drags as (handle, target) pairs: its one handle at the shape's centroid, or with n = 5 four more,
+    each on the shape, moved by the same offset. The four sit at half the way from the centroid to the shape's edge
+    along the image axes (right, left, down, up): on the shape, clear of its outline; a direction with less than
+    4 px to the edge gets none (its point would share the centroid's grid cell). What a user can click for a shape
+    the drag should carry whole."""
+    if n == 1:
+        return [(case.handle, case.target)]
+    if n != 5:
+        raise ValueError(f"_points={n}: use 1 (the centroid) or 5 (the centroid and four points on the shape)")
+    from dragnb.demo.world import shape_mask
+    inside = shape_mask(case.scene, case.index)
+    hx, hy = case.handle
+    dx, dy = case.offset
+    pts = [(hx, hy)]
+    for ux, uy in ((1, 0), (-1, 0), (0, 1), (0, -1)):
+        reach = 0                                       # whole pixels from the centroid to the edge along (ux, uy)
+        while True:
+            x, y = int(round(hx + (reach + 1) * ux)), int(round(hy + (reach + 1) * uy))
+            if not (0 <= x < inside.shape[1] and 0 <= y < inside.shape[0] and inside[y, x]):
+                break
+            reach += 1
+        if reach >= 4:
+            pts.append((hx + ux * (reach // 2), hy + uy * (reach // 2)))
+    return [((x, y), (x + dx, y + dy)) for x, y in pts]
 
 
 _MODEL = None
