@@ -66,6 +66,8 @@ METHODS = {
     "beta 3 cells": dict(beta=3.0),
     # up to five handle points on the shape instead of one, each dragged by the same offset (what a user can click)
     "up to 5 handle points on the shape": dict(_points=5),
+    # the same from the image alone, as a user gets it: dragnb.points.spread on the handle's colour region
+    "spread_drag: up to 5 points from the image": dict(_spread=5),
 }
 SHORT = {"full": "full", "nolora": "no LoRA (lora_steps=0)", "nomask": "no mask term (lam=0)",
          "nomutual": "no mutual self-attention", "steps20": "20 drag steps",
@@ -80,7 +82,7 @@ SHORT = {"full": "full", "nolora": "no LoRA (lora_steps=0)", "nomask": "no mask 
          "reach1": "reach_distance 1 cell", "reach2": "reach_distance 2 cells (official)",
          "lr02": "drag_lr 0.02", "lr04": "drag_lr 0.04", "lr05": "drag_lr 0.05",
          "beta15": "beta 1.5 cells", "beta2": "beta 2 cells", "beta3": "beta 3 cells",
-         "points5": "up to 5 handle points on the shape"}
+         "points5": "up to 5 handle points on the shape", "spread5": "spread_drag: up to 5 points from the image"}
 
 
 def run_methods(model, case, overrides_list: list[dict], seed: int = 0) -> list[tuple]:
@@ -97,6 +99,9 @@ def run_methods(model, case, overrides_list: list[dict], seed: int = 0) -> list[
         ov = dict(ov)
         painted = None if ov.pop("_no_mask", False) else case.mask    # `_no_mask`: the user painted nothing
         drags = handle_points(case, ov.pop("_points", 1))
+        if ov.get("_spread"):       # what DragSession.spread_drag adds: points on the handle's colour region
+            from dragnb.points import spread
+            drags = spread(case.image, case.handle, case.target, ov.pop("_spread"), within=painted)
         cfg = model.default_config(**ov)
         if s is None:
             s = DragSession(model, case.image, seed=seed, config=cfg)

@@ -42,6 +42,13 @@ def _dtype_name(name: str) -> str:
     return name
 
 
+def _spread_count(text: str) -> int:
+    n = _whole(1)(text)
+    if n > 5:
+        raise argparse.ArgumentTypeError(f"{text!r}: use 1 to 5 points a drag (the handle and up to four more)")
+    return n
+
+
 def _whole(least: int):
     def parse(text: str) -> int:
         try:
@@ -158,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start with the handles' content moved this fraction (0-1) toward the targets, in the mask")
     e.add_argument("--auto-mask", action="store_true", help="without --mask, make one from the drag paths")
     e.add_argument("--conv-lora", action="store_true", help="LoRA on the resnet convolutions too")
+    e.add_argument("--spread", type=_spread_count, default=1, metavar="N",
+                   help="give each drag up to N (at most 5) handle points on the region of its handle's colour, each "
+                        "moved alike, so a flat region moves whole (DragSession.spread_drag; default 1: as given)")
     e.add_argument("--seed", type=int, default=0, help="seed of the LoRA fine-tune (default 0)")
     e.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     e.add_argument("--dtype", default=None, type=_dtype_name,
@@ -343,6 +353,9 @@ def cmd_edit(a) -> int:
         s.add_drag(h, t)
     if mask is not None:
         s.set_mask(mask)
+    if a.spread > 1:
+        for i in range(len(a.drag)):
+            s.spread_drag(i, a.spread)
     timings = {"load_model": t_load}
     t = time.perf_counter(); s.prepare(); timings["prepare"] = time.perf_counter() - t
     t = time.perf_counter(); s.run(); timings["drag"] = time.perf_counter() - t

@@ -148,6 +148,26 @@ class EditInputs:
     def clear_drags(self) -> None:
         self.set_drags([])
 
+    def spread_drag(self, i: int = -1, n: int = 5, tolerance: float = 40.0) -> list[int]:
+        """Carry drag `i`'s region whole: add up to n - 1 more pairs on the region of similar colour connected to its
+        handle (inside the mask, when one is set), each moved by the drag's offset (`dragnb.points.spread`). Returns
+        the new drags' indices ([] when the region is too small for more). Resets the optimisation."""
+        from .points import spread
+        i = validate.whole(i, "i")
+        if not -len(self._drags) <= i < len(self._drags):
+            raise ValueError(f"drag index {i!r} does not exist: there are {len(self._drags)} drags (add one first)")
+        handle, target = self._drags[i]
+        extra = spread(self._image, handle, target, n, tolerance, within=self._mask)[1:]
+        checked = [self._check_pair(h, t) for h, t in extra]
+        if not checked:
+            return []
+        with self._lock:
+            start = len(self._drags)
+            self._drags.extend(checked)
+            self._inputs_changed(restart=True)
+        self._emit("drags")
+        return list(range(start, start + len(checked)))
+
     @property
     def mask(self):
         return None if self._mask is None else self._mask.copy()

@@ -54,6 +54,20 @@ def test_edit_with_another_method_and_addons(tmp_path):
         == ("gooddrag", 0.75, True, 0.3, True)
 
 
+def test_edit_spreads_each_drag_over_its_region(tmp_path, capsys):
+    img = np.zeros((64, 64, 3), np.uint8); img[20:44, 20:44] = (255, 0, 0)
+    Image.fromarray(img).save(tmp_path / "in.png")
+    rc = main(["edit", str(tmp_path / "in.png"), "--drag", "31,31:37,29", "--model", "tiny", "--steps", "1",
+               "--lora-steps", "0", "--spread", "5", "--out", str(tmp_path / "s.png")])
+    assert rc == 0
+    drags = json.loads((tmp_path / "s.json").read_text())["drags"]
+    assert len(drags) == 5 and drags[0] == {"handle": [31.0, 31.0], "target": [37.0, 29.0]}
+    assert all(d["target"][0] - d["handle"][0] == 6 and d["target"][1] - d["handle"][1] == -2 for d in drags)
+    r = subprocess.run([sys.executable, "-m", "dragnb", "edit", "x.png", "--drag", "1,2:3,4", "--spread", "6",
+                        "--out", "o.png"], capture_output=True, text=True)
+    assert r.returncode == 2 and "use 1 to 5 points a drag" in r.stderr
+
+
 def test_bad_input_is_one_clear_line(tmp_path, capsys):
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "in.png")
     rc = main(["edit", str(tmp_path / "in.png"), "--drag", "100,15:22,15", "--model", "tiny", "--out",
