@@ -119,30 +119,17 @@ def run_methods(model, case, overrides_list: list[dict], seed: int = 0) -> list[
 
 
 def handle_points(case, n: int = 1) -> list[tuple]:
-    """The case's drags as (handle, target) pairs: its one handle at the shape's centroid, or with n = 5 four more,
-    each on the shape, moved by the same offset. The four sit at half the way from the centroid to the shape's edge
-    along the image axes (right, left, down, up): on the shape, clear of its outline; a direction with less than
-    4 px to the edge gets none (its point would share the centroid's grid cell). What a user can click for a shape
-    the drag should carry whole."""
+    """The case's drags as (handle, target) pairs: its one handle at the shape's centroid, or with n = 5 up to four
+    more on the shape, each moved by the same offset: `dragnb.points.spread` on the true shape (not the colour
+    region a user's session finds: that is the `spread5` variant). What a user can click for a shape the drag should
+    carry whole."""
     if n == 1:
         return [(case.handle, case.target)]
     if n != 5:
         raise ValueError(f"_points={n}: use 1 (the centroid) or 5 (the centroid and four points on the shape)")
     from dragnb.demo.world import shape_mask
-    inside = shape_mask(case.scene, case.index)
-    hx, hy = case.handle
-    dx, dy = case.offset
-    pts = [(hx, hy)]
-    for ux, uy in ((1, 0), (-1, 0), (0, 1), (0, -1)):
-        reach = 0                                       # whole pixels from the centroid to the edge along (ux, uy)
-        while True:
-            x, y = int(round(hx + (reach + 1) * ux)), int(round(hy + (reach + 1) * uy))
-            if not (0 <= x < inside.shape[1] and 0 <= y < inside.shape[0] and inside[y, x]):
-                break
-            reach += 1
-        if reach >= 4:
-            pts.append((hx + ux * (reach // 2), hy + uy * (reach // 2)))
-    return [((x, y), (x + dx, y + dy)) for x, y in pts]
+    from dragnb.points import spread
+    return spread(case.image, case.handle, case.target, 5, region=shape_mask(case.scene, case.index))
 
 
 _MODEL = None
