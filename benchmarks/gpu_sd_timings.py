@@ -96,9 +96,9 @@ def table(res: dict) -> str:
         if c.get("graphs"):
             from dragnb.graphs import stats_line
             lines += ["", f"dragnb with CUDA graphs: {stats_line(c['graphs'])}"]
-        for k in ("inversion_line", "noise_floor_line", "f16_reference_line", "eager_line"):
-            if c.get(k):
-                lines += ["", c[k]]
+        for k, line in c.items():          # parity_official.summary_lines' order, the parity line last
+            if k.endswith("_line") and k != "parity_line" and line:
+                lines += ["", line]
         lines += ["", c.get("parity_line", "")]
     elif c is not None:
         lines += [f"side by side: {c}"]
@@ -274,9 +274,7 @@ def main(argv=None):
                           for r in pr["per_step"]],
                 inversion_per_step_eager_vs_official=pr.get("inversion_per_step_eager_vs_official"),
                 inversion_noise_floor_per_step=pr.get("inversion_noise_floor_per_step"),
-                parity_line=po.parity_line(sm), noise_floor_line=po.noise_floor_line(sm),
-                f16_reference_line=po.f16_reference_line(sm), eager_line=po.eager_line(sm),
-                inversion_line=po.inversion_line(sm))
+                **po.summary_lines(sm))
             if m.speed.get("cuda_graph"):
                 from dragnb import graphs
                 res["side_by_side"]["graphs"] = graphs.stats(m)

@@ -448,8 +448,8 @@ def session_lora(session):
     """The LoRA weights `session` trained (its cache's entry; None for `lora_steps=0`), for the official stages.
     Not a second training with the same seed: that equals the session's only where training is deterministic. On a
     GPU the session trains through its CUDA graphs and a retrain runs eagerly, and in float16 the two part ways
-    (most likely the source of the tenth and eleventh sessions' inversion gap of 0.83-0.87 between the codes; the
-    next GPU run checks it)."""
+    (the thirteenth session found the inversion gap between the codes to be their precision paths instead:
+    benchmarks/PARITY.md)."""
     trained = session.cache.counters["lora_trainings"]
     state = session.cache.train_lora(session.spec).state
     assert session.cache.counters["lora_trainings"] == trained, "the session's LoRA was not cached"
@@ -837,6 +837,13 @@ def inversion_line(sm: dict) -> str | None:
                if "inversion_plain_vs_official" in sm else ""))
 
 
+def summary_lines(sm: dict) -> dict:
+    """Every summary line of a result's `summary`, by name, in the order they print (None: that run is absent);
+    `parity_line` last. One list for this script's output and gpu_sd_timings' table and JSON."""
+    return dict(inversion_line=inversion_line(sm), noise_floor_line=noise_floor_line(sm),
+                f16_reference_line=f16_reference_line(sm), eager_line=eager_line(sm), parity_line=parity_line(sm))
+
+
 def noise_floor_line(sm: dict) -> str | None:
     """The noise floor's line, from a result's `summary` (None for a result without one: the drag-only models)."""
     if "noise_floor_max_dlatent" not in sm:
@@ -903,10 +910,9 @@ def main(argv=None):
         v = res["final_psnr_same_rounding_db"]
         print(f"final image PSNR with dragnb's rounding applied to the official float image: "
               f"{'inf' if v == float('inf') else f'{v:.2f}'} dB (run_drag truncates to uint8, dragnb rounds)")
-    for line in (inversion_line(sm), noise_floor_line(sm), f16_reference_line(sm), eager_line(sm)):
+    for line in summary_lines(sm).values():
         if line:
             print(line)
-    print(parity_line(sm))
     return res
 
 

@@ -77,12 +77,11 @@ def main(argv=None) -> dict:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     records, secs = [], []
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     for k in (1, 2):
         run = out / f"run{k}"
         cmd = [sys.executable, "-m", "dragnb.demo.train", "--out", str(run), "--figures", "none", *DEFAULTS,
                *extra, "--steps", str(a.steps), "--seed", str(a.seed)] + ([] if a.init == "none" else ["--init", a.init])
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT)] + [p for p in [os.environ.get("PYTHONPATH")]
-                                                                          if p]))
         t0 = time.time()
         with open(out / f"run{k}.log", "w") as log:
             rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, timeout=a.timeout).returncode
