@@ -672,3 +672,45 @@ def test_a_moved_point_after_a_run_says_what_happened(session):
     c.handle_mouse_up(*c.image_to_display(48, 36))
     assert session.drags == [((16.0, 32.0), (48.0, 36.0))] and session.n_steps == 0
     assert e.status_text == f"drags changed on the canvas; the {n}-step run was reset: Run starts over from the input"
+
+
+def test_spread_adds_points_on_the_handle_region_in_one_undo_step():
+    """Spread: up to four more pairs on the last drag's colour region (the disc), each with the drag's offset, in one
+    undo step; a second press, no drag, or a region too small for more points change nothing and say why."""
+    c = DragCanvas(image())
+    assert c.spread_last() == 0 and c.message_is_error and "add a drag first" in c.message
+    click(c, (21, 32))                                    # the yellow disc: centre (21, 32), radius 10
+    click(c, (41, 32))
+    assert c.spread_last() == 4 and not c.message_is_error and "4 more points" in c.message
+    img = image()
+    assert len(c.drags) == 5 and c.drags[0] == ((21.0, 32.0), (41.0, 32.0))
+    for (hx, hy), (tx, ty) in c.drags:
+        assert (tx - hx, ty - hy) == (20.0, 0.0)
+        assert tuple(img[int(hy), int(hx)]) == (230, 200, 40)          # every handle on the disc
+    assert len({h for h, _ in c.drags}) == 5
+    assert c.spread_last() == 0 and "spread already (5 points" in c.message and len(c.drags) == 5
+    assert c.undo() and c.drags == [((21.0, 32.0), (41.0, 32.0))]       # one undo step takes them all back
+    assert c.redo() and len(c.drags) == 5
+    # a mask that leaves only the handle's neighbourhood editable: no room for more points
+    c.clear_points()
+    m = np.zeros((SIZE, SIZE), bool)
+    m[30:35, 19:24] = True
+    c.mask = m
+    click(c, (21, 32))
+    click(c, (45, 32))
+    assert c.spread_last() == 0 and "too small" in c.message and len(c.drags) == 1
+
+
+def test_spread_button_and_key_reach_the_session(session):
+    e = DragEditor(session)
+    assert "S = Spread" in e.buttons["keys"].tooltip and "(S)" in e.buttons["spread"].tooltip
+    click(e.canvas, (21, 32))
+    click(e.canvas, (41, 32))
+    e.buttons["spread"].click()
+    assert len(session.drags) == 5 and session.drags == [tuple(map(tuple, d)) for d in e.canvas.drags]
+    assert "spread: 4 more points" in e.status_text
+    e.buttons["undo"].click()
+    assert session.drags == [((21.0, 32.0), (41.0, 32.0))]
+    e.canvas.layers._canvases[-1]._handle_frontend_event(
+        None, {"event": "key_down", "key": "s", "shift_key": False, "ctrl_key": False, "meta_key": False}, [])
+    assert len(session.drags) == 5

@@ -244,6 +244,38 @@ class CanvasState(widgets.VBox):
             self._push_undo()
             self.mask = None
 
+    def spread_last(self, n: int = 5, tolerance: float = 40.0) -> int:
+        """Carry the last drag's region whole (one undo step): up to n - 1 more pairs on the region of the handle's
+        colour connected to it, inside the mask when one is painted, each moved by the drag's offset
+        (`dragnb.points.spread`, what `DragSession.spread_drag` adds). Returns how many pairs it added; 0, with a
+        message saying why, when there is no drag, the last drag is spread already (the drags at the end share its
+        offset), or its region is too small for more points."""
+        from ..points import spread
+        if self.image is None or not self.drags:
+            self.say("spread: add a drag first (click a handle on the shape, then its target)", error=True)
+            return 0
+        (hx, hy), (tx, ty) = self.drags[-1]
+        tail = 1
+        for (ax, ay), (bx, by) in reversed(self.drags[:-1]):
+            if abs((bx - ax) - (tx - hx)) > 1e-6 or abs((by - ay) - (ty - hy)) > 1e-6:
+                break
+            tail += 1
+        if tail > 1:
+            self.say(f"spread: the last drag is spread already ({tail} points with the same offset); Undo takes "
+                     "the added points back", error=True)
+            return 0
+        extra = [(self._clamp(h), self._clamp(t)) for h, t in
+                 spread(self.image, (hx, hy), (tx, ty), n, tolerance, within=self.mask)[1:]]
+        if not extra:
+            self.say("spread: the handle's region is too small for more points (under 4 px from the handle to its "
+                     "edge in every direction, or their targets would leave the image)", error=True)
+            return 0
+        self._push_undo()
+        self.say(f"spread: {len(extra)} more point{'s' if len(extra) > 1 else ''} on the handle's region, each moved "
+                 "by the same offset, so the region moves whole")
+        self.drags = list(self.drags) + extra
+        return len(extra)
+
     def _state(self):
         return (list(self.drags), self.pending, None if self.mask is None else self.mask.copy())
 

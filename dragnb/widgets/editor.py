@@ -14,7 +14,7 @@ reset it (the result view goes back to the input), a new mask keeps its steps. A
 session becomes a message in the status line and the widget goes back to the session's state.
 
 Keyboard (when one of the editor's images has the focus; ipycanvas' `on_key_down`): Enter runs, Space steps,
-Esc stops, P/M/E switch Points/Mask/Erase, Ctrl-Z/Ctrl-Y undo/redo (`handle_key_down`). The words and the
+Esc stops, P/M/E switch Points/Mask/Erase, S spreads the last drag (Spread), Ctrl-Z/Ctrl-Y undo/redo (`handle_key_down`). The words and the
 layout pieces live in `editor_parts`.
 """
 from __future__ import annotations
@@ -39,7 +39,7 @@ class DragEditor(EditorJobs, widgets.VBox):
 
     Attributes tests and notebooks may use: ``canvas`` (the input `DragCanvas`), ``result_view`` (a
     read-only `DragCanvas` with the current result and handles), ``buttons`` (dict: prepare, step, run,
-    stop, reset, undo, redo, clear_points, clear_mask, keys), ``settings`` (dict: config field -> widget),
+    stop, reset, undo, redo, spread, clear_points, clear_mask, keys), ``settings`` (dict: config field -> widget),
     ``method`` (the drag-method dropdown), ``mode``, ``brush``, ``lora_progress``, ``drag_progress``,
     ``status`` (HTML), ``status_text``, ``busy``, ``wait(timeout)``, ``last_error``, ``handle_key_down``.
     """
@@ -96,6 +96,9 @@ class DragEditor(EditorJobs, widgets.VBox):
         tools = parts.wrapping_row([self.mode, self.brush,
                                     button("undo", "Undo", self.undo, "undo the last edit (Ctrl-Z)"),
                                     button("redo", "Redo", self.redo, "redo what Undo undid (Ctrl-Y)"),
+                                    button("spread", "Spread", self.spread,
+                                           "carry the last drag's shape whole: up to 4 more handle points on its "
+                                           "region, each moved by the same offset (S)"),
                                     button("clear_points", "Clear points", self.canvas.clear_points),
                                     button("clear_mask", "Clear mask", self.canvas.clear_mask),
                                     button("keys", "Keys", self.show_keys, parts.KEYS_HELP)])
@@ -184,7 +187,7 @@ class DragEditor(EditorJobs, widgets.VBox):
             if self.canvas.interactive:
                 self.mode.value = action
             return
-        if action in ("undo", "redo") and self.busy:
+        if action in ("undo", "redo", "spread") and self.busy:
             return self.say("busy: press Stop first", error=True)
         getattr(self, action)()
 
@@ -214,6 +217,13 @@ class DragEditor(EditorJobs, widgets.VBox):
                     self._say_edit("redo: the edit is back")
         finally:
             self._edit_origin = None
+
+    def spread(self) -> None:
+        """Button Spread: up to four more handle points on the last drag's region, each moved by its offset
+        (`DragCanvas.spread_last`; one undo step). A region moves whole instead of stretching after its handle."""
+        if self.busy:
+            return self.say("busy: press Stop first", error=True)
+        self.canvas.spread_last()
 
     def _say_edit(self, text):
         note, self._edit_note = self._edit_note, None

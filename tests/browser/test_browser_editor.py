@@ -241,6 +241,11 @@ def test_editor_in_jupyterlab(tmp_path):
             st = wait_for(lambda st: st["mode"] == "mask", "the M key to switch to mask mode")
             keys_kept_cell = page.locator(".jp-Notebook .jp-Cell").first.evaluate(
                 "e => e.classList.contains('jp-CodeCell')")      # JupyterLab did not take M (cell to Markdown)
+            # Spread: four more pairs on the disc with the drag's offset; Undo takes them back in one step
+            page.get_by_role("button", name="Spread", exact=True).click()
+            spread_drags = wait_for(lambda st: len(st["drags"]) == 5, "the Spread button to add four points")["drags"]
+            page.get_by_role("button", name="Undo", exact=True).click()
+            wait_for(lambda st: len(st["drags"]) == 1, "Undo to take the spread points back")
             page.get_by_role("button", name="Points", exact=True).click()
             wait_for(lambda st: st["mode"] == "points", "the Points button")
             page.get_by_role("button", name="Mask", exact=True).click()
@@ -294,6 +299,10 @@ def test_editor_in_jupyterlab(tmp_path):
     # exactly the clicked drag, in session and canvas
     assert len(st["drags"]) == 1 and st["pending"] is None
     (h, t), = st["drags"]
+    assert spread_drags[0] == st["drags"][0]                  # Spread kept the clicked pair first ...
+    for hh, tt in spread_drags:                               # ... and moved every added handle by its offset
+        assert np.allclose(np.subtract(tt, hh), np.subtract(t, h), atol=1e-9)
+        assert (hh[0] - 20) ** 2 + (hh[1] - 32) ** 2 < 64     # on the disc
     assert np.allclose(h, handle, atol=1e-6) and np.allclose(t, target, atol=1e-6), (st["drags"], handle, target)
     assert np.allclose(h, HANDLE, atol=0.5) and np.allclose(t, TARGET, atol=0.5)
     assert st["canvas_drags"] == st["drags"]
