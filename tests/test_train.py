@@ -119,7 +119,7 @@ def test_step_split_counts_data_and_model_time_per_finished_step():
 def _emulated_capture(fn, zero_grad):
     """`stepping._capture` without CUDA: capturing computes nothing; each replay runs `fn` on gradients set to None
     (the captured backward writes them) and writes its outputs into the same tensors (a graph's static outputs)."""
-    outs = (torch.zeros(()), torch.zeros(()))
+    outs = tuple(torch.zeros(()) for _ in range(4))     # train's update: mse, loss, correspondence loss, accuracy
 
     def replay():
         zero_grad()

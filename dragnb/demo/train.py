@@ -6,7 +6,8 @@
 Fresh random scenes every step (`--data torch`: drawn and rasterised by `dragnb.demo.world_torch` on the
 training device; `--data numpy`: `dragnb.demo.world` on the CPU, scene seeds < 10**9; benchmark seeds are
 >= 10**9), v-prediction MSE (optionally min-SNR-weighted, `--min-snr`, and with part of each batch's
-timesteps drawn below `--t-focus`), AdamW with warm-up then cosine decay, EMA of the weights (the EMA is
+timesteps drawn below `--t-focus`; with `--corr-weight`, plus a feature-correspondence loss on scene pairs,
+`dragnb.demo.correspond`), AdamW with warm-up then cosine decay, EMA of the weights (the EMA is
 what ships, in fp16, as safetensors shards under `--shard-size`). Every `--ckpt-minutes` the current EMA is
 written to `--out` in the layout `load_model(folder)` reads, so a usable model exists early; at the end,
 figures go to `--figures` (training curve, loss.csv, samples from noise, DDIM inversion round trip,
@@ -37,7 +38,9 @@ import torch
 from dragnb import ddim
 from dragnb.demo import model as M
 from dragnb.demo.stepping import GraphedStep, StepSplit
+from dragnb.demo.correspond import correspondence_loss, pair_batch
 from dragnb.demo.world import random_batch
+from dragnb.features import capture_block_output, resize_features
 from dragnb.metrics import psnr
 
 # --------------------------------------------------------------------------------------------------
@@ -188,6 +191,16 @@ def parse_args(argv=None):
                    help="with --t-focus-prob P: a fraction P of each batch draws t below this (the inversion "
                         "strength's timestep: 681 at 0.7), the rest from the whole range")
     p.add_argument("--t-focus-prob", type=float, default=0.0)
+    p.add_argument("--corr-weight", type=float, default=0.0,
+                   help="weight of a feature-correspondence loss on the drag's decoder features (dragnb.demo.correspond: "
+                        "pairs of a scene and the same scene with its top shape moved; the true point must be the "
+                        "nearest in L1 among all grid cells); 0 = off")
+    p.add_argument("--corr-pairs", type=int, default=8,
+                   help="with --corr-weight: scene pairs per batch (2 x this many of the batch's samples)")
+    p.add_argument("--corr-t", type=int, nargs=2, default=(600, 760), metavar=("LO", "HI"),
+                   help="with --corr-weight: the pairs' noise levels, drawn in [LO, HI) (the demo's drag runs "
+                        "from t = 741 down to 621)")
+    p.add_argument("--corr-tau", type=float, default=0.1, help="with --corr-weight: the InfoNCE temperature")
     p.add_argument("--compile", action="store_true", help="torch.compile the training forward (off by default)")
     p.add_argument("--cuda-graph", action="store_true",
                    help="replay the whole update (forward, backward, clipping, AdamW) from one CUDA graph after 3 "
@@ -238,6 +251,12 @@ def parse_args(argv=None):
                          "use 1..1000 and a probability in [0, 1]")
     if args.cuda_graph and args.compile:
         raise ValueError("--cuda-graph and --compile: use one of the two (a compiled forward is not captured)")
+    if args.corr_weight < 0 or (args.corr_weight > 0 and not (
+            1 <= args.corr_pairs and 2 * args.corr_pairs <= (args.batch or 32) and 0 <= args.corr_t[0] < args.corr_t[1] <= 1000
+            and args.corr_tau > 0)):
+        raise ValueError(f"--corr-weight {args.corr_weight} --corr-pairs {args.corr_pairs} --corr-t {args.corr_t} "
+                         f"--corr-tau {args.corr_tau} are invalid: use a weight >= 0, 1 <= pairs <= batch / 2, "
+                         "0 <= LO < HI <= 1000 and a positive temperature")
     if args.upgrade and not args.init:
         raise ValueError(f"--upgrade {args.upgrade} changes an existing model: pass the folder to start from with --init")
     return args
@@ -331,6 +350,7 @@ def main(argv=None) -> dict:
     out = Path(args.out)
     fig_dir = None if args.figures == "none" else Path(args.figures) if args.figures else default_figures(out)
     losses: list[tuple[int, float]] = []
+    corr_log: list[tuple[float, float]] = []     # (correspondence loss, accuracy) per step, with --corr-weight
     ema_params, params = list(ema.parameters()), list(unet.parameters())
     bad_in_a_row = skipped = 0
     fixed = False                         # the budget's schedule length is set
@@ -348,6 +368,9 @@ def main(argv=None) -> dict:
                 "precision": args.precision, "arch": None if args.init else args.arch, "factor": factor,
                 "data": data, "data_chunk": chunk if data == "torch" else None, "min_snr": args.min_snr,
                 "t_focus": args.t_focus, "t_focus_prob": args.t_focus_prob,
+                **({} if not corr else {"corr_weight": args.corr_weight, "corr_pairs": n_pairs, "corr_t": list(args.corr_t),
+                                        "corr_tau": args.corr_tau,
+                                        "corr_final": [round(float(np.mean(c)), 4) for c in zip(*corr_log[-200:])] or None}),
                 "compile": args.compile, "cuda_graph": args.cuda_graph, "deterministic": args.deterministic,
                 **({} if graphed is None else {"graph_replays": graphed.replays, "graph_failure": graphed.failure}),
                 "budget_minutes": args.minutes, "schedule_steps": total,
@@ -363,26 +386,40 @@ def main(argv=None) -> dict:
             np.savetxt(fig_dir / "loss.csv", np.array(losses).reshape(-1, 2), delimiter=",", header="step,loss",
                        fmt=["%d", "%.5f"])
 
-    def forward_loss(xt, t, v, a):
-        """3. prediction and loss from noised latents: (mse, loss: per-sample MSE, optionally min-SNR weighted). No host
-        reads; without autocast's weight cache under --cuda-graph (a graph cannot hold it; the values are the same)."""
+    corr = args.corr_weight > 0
+    n_pairs = args.corr_pairs if corr else 0
+    grid_hw = (M.IMAGE_SIZE // 2, M.IMAGE_SIZE // 2)        # the drag's supervision grid (sup_res_scale 0.5)
+
+    def forward_loss(xt, t, v, a, pts_a=None, pts_b=None):
+        """3. prediction and loss from noised latents: (mse, loss, correspondence loss, its accuracy). The loss is the
+        per-sample MSE (optionally min-SNR weighted) plus --corr-weight x the correspondence loss of the batch's last
+        2 x --corr-pairs samples (pairs: first scenes, then their moved versions). No host reads; without autocast's
+        weight cache under --cuda-graph (a graph cannot hold it; the values are the same)."""
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16",
                             cache_enabled=not args.cuda_graph):
-            pred = fwd(xt, t, emb.expand(batch, -1, -1)).sample
+            with capture_block_output(unet, 2) as store:
+                pred = fwd(xt, t, emb.expand(batch, -1, -1)).sample
         per = ((pred.float() - v) ** 2).mean(dim=(1, 2, 3))
         mse = per.mean()
         if args.min_snr <= 0:
-            return mse, mse
-        snr = a.view(-1) / (1 - a.view(-1))
-        return mse, (per * snr.clamp(max=args.min_snr) / (snr + 1)).mean()
+            loss = mse
+        else:
+            snr = a.view(-1) / (1 - a.view(-1))
+            loss = (per * snr.clamp(max=args.min_snr) / (snr + 1)).mean()
+        if not corr:
+            zero = mse.detach() * 0
+            return mse, loss, zero, zero
+        feat = resize_features(store["feat"][batch - 2 * n_pairs:], grid_hw)
+        closs, cacc = correspondence_loss(feat[:n_pairs], feat[n_pairs:], pts_a, pts_b, M.IMAGE_SIZE, args.corr_tau)
+        return mse, loss + args.corr_weight * closs, closs.detach(), cacc
 
-    def update(xt, t, v, a):
+    def update(xt, t, v, a, *pts):
         """3-4 for --cuda-graph: the whole update, no host reads, gradients set to None before (GraphedStep)."""
-        mse, loss = forward_loss(xt, t, v, a)
-        loss.backward()
+        out = forward_loss(xt, t, v, a, *pts)
+        out[1].backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=True)
         opt.step()
-        return mse, loss
+        return out
 
     if args.cuda_graph:
         graphed = GraphedStep(update, lambda: opt.zero_grad(set_to_none=True))
@@ -407,32 +444,46 @@ def main(argv=None) -> dict:
             imgs = scenes.next().permute(0, 3, 1, 2)                                 # (B, 3, H, W) uint8
             flip = torch.rand(batch, generator=gdev, device=device) < 0.5
             imgs = torch.where(flip.view(-1, 1, 1, 1), imgs.flip(-1), imgs)
+            if corr:        # the pairs come from the numpy world (a few per batch), in the batch's last places
+                pair_a, pair_b, pts_a, pts_b = pair_batch(rng, n_pairs)
+                pairs = torch.from_numpy(np.concatenate([pair_a, pair_b])).to(device).permute(0, 3, 1, 2)
+                imgs = torch.cat([imgs[:batch - 2 * n_pairs], pairs])
             x0 = M.encode(imgs.float() / 127.5 - 1.0, factor)
             noise = torch.randn(x0.shape, generator=gdev, device=device)
             t = torch.randint(0, sched.config.num_train_timesteps, (batch,), generator=gdev, device=device)
             if args.t_focus_prob > 0:
                 low = torch.randint(0, args.t_focus, (batch,), generator=gdev, device=device)
                 t = torch.where(torch.rand(batch, generator=gdev, device=device) < args.t_focus_prob, low, t)
+            if corr:
+                tp = torch.randint(args.corr_t[0], args.corr_t[1], (n_pairs,), generator=gdev, device=device)
+                t = torch.cat([t[:batch - 2 * n_pairs], tp, tp])
         else:
-            imgs = random_batch(rng, batch)
-            flip = rng.random(batch) < 0.5
+            imgs = random_batch(rng, batch - 2 * n_pairs)
+            flip = rng.random(len(imgs)) < 0.5
             imgs[flip] = imgs[flip][:, :, ::-1]
+            if corr:
+                pair_a, pair_b, pts_a, pts_b = pair_batch(rng, n_pairs)
+                imgs = np.concatenate([imgs, pair_a, pair_b])
             x0 = M.encode(M.uint8_to_tensor(imgs), factor).to(device)
             noise = torch.randn(x0.shape, generator=gen).to(device)
             t = torch.randint(0, sched.config.num_train_timesteps, (batch,), generator=gen)
             if args.t_focus_prob > 0:
                 low = torch.randint(0, args.t_focus, (batch,), generator=gen)
                 t = torch.where(torch.rand(batch, generator=gen) < args.t_focus_prob, low, t)
+            if corr:        # one noise level per pair, drawn in the drag's range
+                tp = torch.randint(args.corr_t[0], args.corr_t[1], (n_pairs,), generator=gen)
+                t = torch.cat([t[:batch - 2 * n_pairs], tp, tp])
             t = t.to(device)
         # 2. noised latents and the v target
         a = ab[t].view(-1, 1, 1, 1)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
         v = a.sqrt() * noise - (1 - a).sqrt() * x0
+        pts = (torch.from_numpy(pts_a).to(device), torch.from_numpy(pts_b).to(device)) if corr else ()
         split.data_done()
         if graphed is not None:
             # 3-4. the whole update as one CUDA graph (after 3 eager steps): it cannot skip a step
             set_lr(lr_at(step))
-            mse, loss = graphed(xt, t, v, a)
+            mse, loss, closs, cacc = graphed(xt, t, v, a, *pts)
             mse_v = float(mse.item())
             if not math.isfinite(mse_v) or not math.isfinite(float(loss.detach())):
                 skipped += 1
@@ -440,7 +491,7 @@ def main(argv=None) -> dict:
                       f"the EMA of step {step} (lower --lr, now {args.lr})", flush=True)
                 break
         else:
-            mse, loss = forward_loss(xt, t, v, a)
+            mse, loss, closs, cacc = forward_loss(xt, t, v, a, *pts)
             # 4. update (a non-finite loss skips the step; ten in a row end the run with the EMA so far)
             set_lr(lr_at(step))
             opt.zero_grad(set_to_none=True)
@@ -465,6 +516,8 @@ def main(argv=None) -> dict:
         split.step_done()
         step += 1
         losses.append((step, mse_v))
+        if corr:
+            corr_log.append((float(closs), float(cacc)))
         # 5. with a budget: fix the schedule's length once, at the end of the warm-up
         if budget is not None and not fixed:
             if step > args.warmup // 2:
@@ -485,7 +538,9 @@ def main(argv=None) -> dict:
             left = (budget - el) if budget is not None else (last - step) * el / step
             sp = split.read()
             where = "" if sp is None else f" (data {sp[0] * 1e3:.1f} ms, model {sp[1] * 1e3:.1f} ms)"
-            print(f"step {step}/{total or '?'} loss {recent:.4f} lr {lr_at(step - 1):.2e} "
+            cl = "" if not corr else (f" corr {np.mean([c for c, _ in corr_log[-args.log_every:]]):.3f}"
+                                      f" acc {np.mean([q for _, q in corr_log[-args.log_every:]]):.2f}")
+            print(f"step {step}/{total or '?'} loss {recent:.4f}{cl} lr {lr_at(step - 1):.2e} "
                   f"{el / step:.3f} s/step{where} elapsed {el / 60:.1f} min left {left / 60:.1f} min", flush=True)
         if time.time() - last_ckpt > args.ckpt_minutes * 60:
             save_weights(out, ema, emb, info(step), factor, overrides, args.shard_size)
