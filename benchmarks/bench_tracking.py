@@ -2,6 +2,7 @@
 
     python benchmarks/bench_tracking.py                       # the shipped model, 30 held-out cases
     python benchmarks/bench_tracking.py --weights DIR --n 50 --json out.json
+    python benchmarks/bench_tracking.py --feature-block 1     # another decoder block's features
 
 For each held-out case (`sample_drag(seed)`, seeds >= 10**9) both the scene and its ground truth (the same scene
 with the shape moved by the drag) are inverted as a session does, without LoRA; the handle's feature of the first
@@ -34,6 +35,8 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", default="demo", help="'demo' (the shipped model) or a weights folder")
     p.add_argument("--n", type=int, default=30, help="held-out cases (default 30)")
+    p.add_argument("--feature-block", type=int, default=None,
+                   help="search the features of this decoder block (DragConfig.feature_block; default: the model's)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", default=None, help="write the rows and the summary here")
     args = p.parse_args(argv)
@@ -46,13 +49,14 @@ def main(argv=None) -> dict:
     from dragnb.demo.world import sample_drag
     torch.set_num_threads(args.threads)
     model = load_model(args.weights, device="cpu")
-    rows = tracking_error(model, [sample_drag(10**9 + k) for k in range(args.n)])
+    extra = {} if args.feature_block is None else {"feature_block": args.feature_block}
+    rows = tracking_error(model, [sample_drag(10**9 + k) for k in range(args.n)], **extra)
     s = summarise(rows)
     for r in rows:
         print(f"seed {r['seed']}: drag {r['drag']:.1f} cells, error {r['error']:.1f}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"weights": args.weights, "summary": s, "rows": rows}, f, indent=1)
+            json.dump({"weights": args.weights, **extra, "summary": s, "rows": rows}, f, indent=1)
     print(f"tracking: mean error {s['error']:.2f} cells ({s['error_frac']:.2f} of the drag), within 1 cell "
           f"{100 * s['within_1']:.0f} %, n = {s['n']}")
     return s

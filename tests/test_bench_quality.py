@@ -47,3 +47,9 @@ def test_run_methods_sets_the_variant_s_drags_on_one_session(bq, monkeypatch):
     res = bq.run_methods(load_model("demo"), case, [quick, {**quick, "_points": 5}, quick])
     assert len(res) == 3 and all(isinstance(img, np.ndarray) and img.shape == (64, 64, 3) for img, _, _ in res)
     assert [n for _, n in seen] == [1, 5, 1] and len({i for i, _ in seen}) == 1     # one session, its drags reset
+
+
+def test_a_fresh_case_set_starts_at_a_held_out_seed(bq):
+    with pytest.raises(ValueError, match="--first-seed 5 is a training seed"):
+        bq.main(["--first-seed", "5", "--quick"])
+    assert "feature_block 1 (the 8x8 attention block)" in bq.METHODS and bq.SHORT["fb1"] in bq.METHODS

@@ -64,6 +64,11 @@ def test_tracking_error_on_the_shipped_model_is_bounded_by_its_search():
         assert abs(r["drag"] - drag_cells) < 1e-6
         assert 0 <= r["error"] <= 2 * (np.ceil(r["drag"]) + 2) * np.sqrt(2) + 1
         assert abs(r["handle_error"] - r["drag"]) <= 1.0                     # the handle rounded to a cell
+    # another decoder block's features are another search (same cases, same drags)
+    other = tracking_error(model, cases, search=2, feature_block=0)
+    assert [r["drag"] for r in other] == [r["drag"] for r in rows]
+    with pytest.raises(ValueError, match="feature_block=7"):
+        tracking_error(model, cases[:1], feature_block=7)
 
 
 def _tiny(out, *extra):

@@ -87,13 +87,14 @@ def correspondence_loss(feat_a: torch.Tensor, feat_b: torch.Tensor, pts_a: torch
 
 
 @torch.no_grad()
-def tracking_error(model, cases, search: int = 4) -> list[dict]:
-    """For each case: invert its image and its ground truth (the shape moved) as a session does with no LoRA, take
+def tracking_error(model, cases, search: int = 4, **overrides) -> list[dict]:
+    """For each case: invert its image and its ground truth (the shape moved) as a session does with no LoRA (and with
+    the DragConfig `overrides`, e.g. `feature_block=1`: the features of another decoder block), take
     the handle's decoder feature in the first and search it (L1, as point tracking) in the second within the drag
     length + `search` cells of the handle. Rows: drag (cells), point error (cells from the true target), and the
     error of the unmoved handle (= the drag) for scale."""
     from dragnb import DragSession
-    cfg = model.default_config(lora_steps=0)
+    cfg = model.default_config(**{**overrides, "lora_steps": 0})
     rows = []
     for case in cases:
         feats = []
