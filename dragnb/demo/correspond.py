@@ -94,6 +94,7 @@ def tracking_error(model, cases, search: int = 4, **overrides) -> list[dict]:
     length + `search` cells of the handle. Rows: drag (cells), point error (cells from the true target), and the
     error of the unmoved handle (= the drag) for scale."""
     from dragnb import DragSession
+    from dragnb.drag import tracking_distance
     cfg = model.default_config(**{**overrides, "lora_steps": 0})
     rows = []
     for case in cases:
@@ -110,11 +111,9 @@ def tracking_error(model, cases, search: int = 4, **overrides) -> list[dict]:
         tgt = np.asarray(case.target, float) * sc
         hi = np.clip(np.round(hnd).astype(int), 0, [w - 1, h - 1])
         reach = int(np.ceil(np.linalg.norm(tgt - hnd))) + search
-        y0, y1 = max(0, hi[1] - reach), min(h, hi[1] + reach + 1)
-        x0, x1 = max(0, hi[0] - reach), min(w, hi[0] + reach + 1)
-        d = (fb[:, y0:y1, x0:x1] - fa[:, hi[1], hi[0]].view(-1, 1, 1)).abs().sum(0)
-        iy, ix = np.unravel_index(int(d.argmin()), tuple(d.shape))
-        found = np.array([x0 + ix, y0 + iy], float)
+        hrc = (int(hi[1]), int(hi[0]))                       # point tracking's own search, window radius `reach`
+        row, col = tracking_distance(fa[None], fb[None], hrc, hrc, r_p=reach).best_rc()
+        found = np.array([col, row], float)
         rows.append(dict(seed=case.seed, drag=float(np.linalg.norm(tgt - hnd)),
                          error=float(np.linalg.norm(found - tgt)), handle_error=float(np.linalg.norm(hi - tgt))))
     return rows

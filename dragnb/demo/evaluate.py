@@ -47,7 +47,7 @@ def x0_psnr_by_level(unet, sched, emb, factor: int, n: int = 16, timesteps=TIMES
     two models' figures pair scene by scene)."""
     dev = next(unet.parameters()).device
     src = held_out_scenes(n)
-    x0 = F.pixel_unshuffle(M.uint8_to_tensor(src), factor)
+    x0 = M.encode(M.uint8_to_tensor(src), factor)
     g = torch.Generator().manual_seed(seed)
     fn = _unet_fn(unet, emb.to(dev))
     rows = []
@@ -145,13 +145,13 @@ def x0_psnr_bound(unet, sched, emb, factor: int, t: int, n: int = 16, k: int = 8
     narrow or off-centre, and the true bound is lower still). Images in [0, 255] floats, not rounded."""
     dev = next(unet.parameters()).device
     src = held_out_scenes(n)
-    x0 = F.pixel_unshuffle(M.uint8_to_tensor(src), factor)
+    x0 = M.encode(M.uint8_to_tensor(src), factor)
     g = torch.Generator().manual_seed(seed)
     a = ddim.alpha_bar(sched, t)
     xt = (a.sqrt() * x0 + (1 - a).sqrt() * torch.randn(x0.shape, generator=g)).to(dev)
     fn = _unet_fn(unet, emb.to(dev))
     one, _ = ddim.predict_x0_eps(sched, fn(xt, t), xt, t)
-    pix = lambda z: F.pixel_shuffle(z.float().cpu(), factor).clamp(-1, 1) * 127.5 + 127.5  # noqa: E731
+    pix = lambda z: M.decode(z.float().cpu(), factor).clamp(-1, 1) * 127.5 + 127.5  # noqa: E731
     truth = pix(x0)
     draws = torch.stack([pix(posterior_draws(fn, sched, xt[i:i + 1], t, k, stride, g)[0]) for i in range(n)])
     sp = draws_spread(draws, truth)

@@ -23,6 +23,7 @@ changes after it is set, and `training.reproduce` in dragnb_demo.json repeats th
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import math
@@ -397,7 +398,7 @@ def main(argv=None) -> dict:
         weight cache under --cuda-graph (a graph cannot hold it; the values are the same)."""
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16",
                             cache_enabled=not args.cuda_graph):
-            with capture_block_output(unet, 2) as store:
+            with capture_block_output(unet, 2) if corr else contextlib.nullcontext({}) as store:
                 pred = fwd(xt, t, emb.expand(batch, -1, -1)).sample
         per = ((pred.float() - v) ** 2).mean(dim=(1, 2, 3))
         mse = per.mean()

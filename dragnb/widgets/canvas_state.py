@@ -250,7 +250,7 @@ class CanvasState(widgets.VBox):
         (`dragnb.points.spread`, what `DragSession.spread_drag` adds). Returns how many pairs it added; 0, with a
         message saying why, when there is no drag, the last drag is spread already (the drags at the end share its
         offset), or its region is too small for more points."""
-        from ..points import spread
+        from ..points import MIN_REACH, spread
         if self.image is None or not self.drags:
             self.say("spread: add a drag first (click a handle on the shape, then its target)", error=True)
             return 0
@@ -267,8 +267,8 @@ class CanvasState(widgets.VBox):
         extra = [(self._clamp(h), self._clamp(t)) for h, t in
                  spread(self.image, (hx, hy), (tx, ty), n, tolerance, within=self.mask)[1:]]
         if not extra:
-            self.say("spread: the handle's region is too small for more points (under 4 px from the handle to its "
-                     "edge in every direction, or their targets would leave the image)", error=True)
+            self.say(f"spread: the handle's region is too small for more points (under {MIN_REACH} px from the handle "
+                     "to its edge in every direction, or their targets would leave the image)", error=True)
             return 0
         self._push_undo()
         self.say(f"spread: {len(extra)} more point{'s' if len(extra) > 1 else ''} on the handle's region, each moved "
