@@ -67,6 +67,24 @@ def test_bad_budget_and_timestep_flags_raise():
         train.main(["--data-chunk", "0", "--figures", "none"])
     with pytest.raises(SystemExit):
         train.main(["--arch", "nonesuch"])
+    with pytest.raises(ValueError, match="--shaded 1.5 is invalid"):
+        train.main(["--shaded", "1.5", "--figures", "none"])
+
+
+@pytest.mark.parametrize("data", ["torch", "numpy"])
+def test_shaded_world_trains_on_both_data_paths_and_is_recorded(tmp_path, monkeypatch, data):
+    """--shaded P: the scenes a step trains on come from the shaded world (both sources get the probability),
+    and the run's record and reproduce command carry it; without it the record has no `shaded` key."""
+    from dragnb.demo import train, world, world_torch
+    seen = []
+    real_np, real_torch = world.random_batch, world_torch.random_batch
+    monkeypatch.setattr(train, "random_batch", lambda *a, **k: seen.append(k.get("shaded")) or real_np(*a, **k))
+    monkeypatch.setattr(world_torch, "random_batch", lambda *a: seen.append(a[4]) or real_torch(*a))
+    args = _tiny_args(tmp_path, "--steps", "2", "--figures", "none", "--shaded", "0.5")
+    args[args.index("--data") + 1] = data
+    rec = train.main(args)
+    assert rec["shaded"] == 0.5 and "--shaded 0.5" in rec["reproduce"]
+    assert seen and all(v == 0.5 for v in seen)
 
 
 @pytest.mark.slow

@@ -228,3 +228,74 @@ def test_scene_stream_hands_out_the_chunk_batch_by_batch():
     assert not torch.equal(stream.next(), parts[0])             # then a fresh chunk
     with pytest.raises(ValueError, match="chunk=0"):
         WT.SceneStream(4, torch.Generator(), chunk=0)
+
+
+# --------------------------------------------------------------------------------------------------
+# shaded shapes (issue 17 item 3): a colour field fixed to the shape, for training only
+
+def test_shaded_scenes_keep_the_flat_scene_and_its_stream():
+    """shaded=0 is the flat world exactly (the benchmark's cases and the shipped training stream); shaded > 0
+    keeps each scene's geometry and flat colours and only adds a field, drawn from another stream."""
+    for seed in (0, 7, 10**9 + 3):
+        flat, shaded = W.random_scene(seed), W.random_scene(seed, shaded=1.0)
+        assert W.random_scene(seed, shaded=0.0) == flat
+        assert all(sh.shaded for sh in shaded.shapes) and not any(sh.shaded for sh in flat.shapes)
+        for a, b in zip(flat.shapes, shaded.shapes):
+            assert (a.kind, a.cx, a.cy, a.size, a.angle, a.aspect, a.color) == (b.kind, b.cx, b.cy, b.size, b.angle, b.aspect, b.color)
+            assert W.SHADE_RANGE[0] - 1e-9 <= math.hypot(*b.shade) <= W.SHADE_RANGE[1] + 1e-9
+            assert W.GLOW_RANGE[0] <= abs(b.glow) <= W.GLOW_RANGE[1]
+        assert W.random_scene(seed, shaded=1.0) == shaded                      # deterministic
+    r1, r2 = np.random.default_rng(5), np.random.default_rng(5)
+    assert np.array_equal(W.random_batch(r1, 4, shaded=0.0), W.random_batch(r2, 4))
+    part = [sh.shaded for s in range(300) for sh in W.random_scene(s, shaded=0.5).shapes]
+    assert 0.4 < np.mean(part) < 0.6
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match=f"shaded={bad}"):
+            W.random_scene(0, shaded=bad)
+
+
+def test_shaded_shape_has_its_field_inside_and_moves_it_with_the_shape():
+    """Inside a shaded shape the pixels follow world.shape_colors (not one colour), and the field travels with
+    the shape: the moved shape's pixels are the original's, shifted by the offset (ground truth stays exact)."""
+    sc = W.random_scene(3, shaded=1.0)
+    top = len(sc.shapes) - 1
+    sh = sc.shapes[top]
+    img = W.render(sc)
+    m = W.shape_mask(sc, top)
+    inner = m & ~W.dilate(~m, 1)
+    ys, xs = np.nonzero(inner)
+    want = np.clip(np.round(W.shape_colors(sh, xs + 0.5, ys + 0.5)), 0, 255)
+    assert np.array_equal(img[inner], want.astype(np.uint8))
+    assert len({tuple(c) for c in img[inner]}) > 20                            # a field, not a flat colour
+    moved = W.render(W.move_shape(sc, top, (4, -3)))
+    m2 = W.shape_mask(W.move_shape(sc, top, (4, -3)), top)
+    inner2 = m2 & ~W.dilate(~m2, 1)
+    ys2, xs2 = np.nonzero(inner2 & np.roll(np.roll(inner, -3, 0), 4, 1))
+    assert len(ys2) > 20
+    assert np.abs(moved[ys2, xs2].astype(int) - img[ys2 + 3, xs2 - 4].astype(int)).max() <= 1
+
+
+def test_torch_render_of_shaded_scenes_equals_numpy_render_exactly():
+    import torch
+    from dragnb.demo import world_torch as WT
+    scenes = [W.random_scene(s, shaded=0.6) for s in range(120)]
+    assert sum(sh.shaded for s in scenes for sh in s.shapes) > 50
+    assert np.array_equal(WT.render(WT.pack(scenes)).numpy(), np.stack([W.render(s) for s in scenes]))
+    assert np.array_equal(WT.render(WT.pack(scenes[:10]), 96).numpy(), np.stack([W.render(s, 96) for s in scenes[:10]]))
+    assert WT.pack([W.random_scene(1)]).shade is None                          # a flat batch carries no field
+    # torch's own sampler: shaded=0 is the flat stream exactly; shaded=1 shades every shape and renders a field
+    flat = WT.random_batch(16, torch.Generator().manual_seed(2))
+    assert torch.equal(WT.random_batch(16, torch.Generator().manual_seed(2), shaded=0.0), flat)
+    b = WT.random_scenes(500, torch.Generator().manual_seed(2), shaded=1.0)
+    lengths = b.shade.norm(dim=-1)
+    assert torch.all(lengths[b.valid] >= W.SHADE_RANGE[0] - 1e-6) and torch.all(lengths[~b.valid] == 0)
+    assert torch.all(b.glow[b.valid].abs() >= W.GLOW_RANGE[0])
+    half = WT.random_scenes(2000, torch.Generator().manual_seed(3), shaded=0.5)
+    assert abs((half.glow[half.valid] != 0).float().mean().item() - 0.5) < 0.05
+    shaded = WT.render(b)
+    assert shaded.shape == (500, 64, 64, 3)
+    stream = WT.SceneStream(4, torch.Generator().manual_seed(4), chunk=2, shaded=1.0)
+    assert torch.equal(torch.cat([stream.next(), stream.next()]),
+                       WT.random_batch(8, torch.Generator().manual_seed(4), shaded=1.0))
+    with pytest.raises(ValueError, match="shaded=2"):
+        WT.random_scenes(2, torch.Generator(), shaded=2)

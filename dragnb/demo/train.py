@@ -7,7 +7,7 @@ Fresh random scenes every step (`--data torch`: drawn and rasterised by `dragnb.
 training device; `--data numpy`: `dragnb.demo.world` on the CPU, scene seeds < 10**9; benchmark seeds are
 >= 10**9), v-prediction MSE (optionally min-SNR-weighted, `--min-snr`, and with part of each batch's
 timesteps drawn below `--t-focus`; with `--corr-weight`, plus a feature-correspondence loss on scene pairs,
-`dragnb.demo.correspond`), AdamW with warm-up then cosine decay, EMA of the weights (the EMA is
+`dragnb.demo.correspond`; with `--shaded P`, a fraction P of the shapes shaded, `dragnb.demo.world`), AdamW with warm-up then cosine decay, EMA of the weights (the EMA is
 what ships, in fp16, as safetensors shards under `--shard-size`). Every `--ckpt-minutes` the current EMA is
 written to `--out` in the layout `load_model(folder)` reads, so a usable model exists early; at the end,
 figures go to `--figures` (training curve, loss.csv, samples from noise, DDIM inversion round trip,
@@ -202,6 +202,9 @@ def parse_args(argv=None):
                    help="with --corr-weight: the pairs' noise levels, drawn in [LO, HI) (the demo's drag runs "
                         "from t = 741 down to 621)")
     p.add_argument("--corr-tau", type=float, default=0.1, help="with --corr-weight: the InfoNCE temperature")
+    p.add_argument("--shaded", type=float, default=0.0,
+                   help="probability that each shape of a training scene is shaded (dragnb.demo.world: a colour ramp "
+                        "and a brighter or darker centre that move with the shape); 0 = the flat world, as shipped")
     p.add_argument("--compile", action="store_true", help="torch.compile the training forward (off by default)")
     p.add_argument("--cuda-graph", action="store_true",
                    help="replay the whole update (forward, backward, clipping, AdamW) from one CUDA graph after 3 "
@@ -250,6 +253,8 @@ def parse_args(argv=None):
     if not 0.0 <= args.t_focus_prob <= 1.0 or not 1 <= args.t_focus <= 1000:
         raise ValueError(f"--t-focus {args.t_focus} --t-focus-prob {args.t_focus_prob} are invalid: "
                          "use 1..1000 and a probability in [0, 1]")
+    if not 0.0 <= args.shaded <= 1.0:
+        raise ValueError(f"--shaded {args.shaded} is invalid: use the probability that a shape is shaded, in [0, 1]")
     if args.cuda_graph and args.compile:
         raise ValueError("--cuda-graph and --compile: use one of the two (a compiled forward is not captured)")
     if args.corr_weight < 0 or (args.corr_weight > 0 and not (
@@ -312,7 +317,7 @@ def main(argv=None) -> dict:
     chunk = args.data_chunk or (8 if device.type == "cuda" else 1)
     if data == "torch":
         from dragnb.demo.world_torch import SceneStream
-        scenes = SceneStream(batch, gdev, chunk)
+        scenes = SceneStream(batch, gdev, chunk, shaded=args.shaded)
 
     unet, factor, init_info = build_unet(args, device)
     ema = copy.deepcopy(unet).eval().requires_grad_(False)
@@ -369,6 +374,7 @@ def main(argv=None) -> dict:
                 "precision": args.precision, "arch": None if args.init else args.arch, "factor": factor,
                 "data": data, "data_chunk": chunk if data == "torch" else None, "min_snr": args.min_snr,
                 "t_focus": args.t_focus, "t_focus_prob": args.t_focus_prob,
+                **({"shaded": args.shaded} if args.shaded else {}),
                 **({} if not corr else {"corr_weight": args.corr_weight, "corr_pairs": n_pairs, "corr_t": list(args.corr_t),
                                         "corr_tau": args.corr_tau,
                                         "corr_final": [round(float(np.mean(c)), 4) for c in zip(*corr_log[-200:])] or None}),
@@ -459,7 +465,7 @@ def main(argv=None) -> dict:
                 tp = torch.randint(args.corr_t[0], args.corr_t[1], (n_pairs,), generator=gdev, device=device)
                 t = torch.cat([t[:batch - 2 * n_pairs], tp, tp])
         else:
-            imgs = random_batch(rng, batch - 2 * n_pairs)
+            imgs = random_batch(rng, batch - 2 * n_pairs, shaded=args.shaded)
             flip = rng.random(len(imgs)) < 0.5
             imgs[flip] = imgs[flip][:, :, ::-1]
             if corr:

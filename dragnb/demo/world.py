@@ -8,6 +8,13 @@ y down, pixel centres at integer + 0.5 (so pixel (i, j) covers [i, i+1) × [j, j
 `sample_drag(seed)` gives a benchmark case: the top shape, a handle on it (its centroid), a target
 6-25 % of the width away, an editable mask covering the shape at its start and end, and the
 ground-truth image of the same scene with the shape moved.
+
+Shaded shapes (`random_scene(seed, shaded=p)`, training only): each shape, with probability p, gets a colour
+field fixed to the shape instead of one flat colour: a linear ramp across it in some direction plus a brighter
+or darker centre, so that a point inside a shape has something of its own for point tracking to hold. The field
+moves with the shape (`move_shape`), so a shaded scene's ground truth stays exact. The benchmark's cases stay
+flat: with p = 0 (the default) every scene is drawn and rendered exactly as before shading existed, and with
+p > 0 the same seed gives the same geometry and flat colours, plus shading from a second random stream.
 """
 from __future__ import annotations
 
@@ -25,6 +32,8 @@ DRAG_RANGE = (0.06, 0.25)        # drag length as a fraction of the image width
 MIN_COLOR_DIST_BG = 90.0         # RGB distance of a shape colour from the background's colour segment
 MIN_COLOR_DIST_SHAPES = 70.0     # RGB distance between shape colours
 SUPERSAMPLE = 4
+SHADE_RANGE = (20.0, 60.0)       # RGB length of a shaded shape's ramp from its centre to its bounding circle
+GLOW_RANGE = (15.0, 45.0)        # how much brighter (or darker) a shaded shape's centre is than its mean colour
 
 
 @dataclass(frozen=True)
@@ -35,7 +44,14 @@ class Shape:
     size: float                   # extent (diameter / side / major axis / triangle side), pixels
     angle: float                  # rotation, radians (ignored for circles)
     aspect: float                 # minor/major axis ratio for ellipses, 1.0 otherwise
-    color: tuple[int, int, int]   # RGB 0..255
+    color: tuple[int, int, int]   # RGB 0..255 (a shaded shape's colour at its centre, without the glow)
+    shade: tuple[float, float, float] = (0.0, 0.0, 0.0)   # RGB change from the centre to the bounding circle along
+    shade_angle: float = 0.0      # this direction (radians, image axes); (0, 0, 0): no ramp
+    glow: float = 0.0             # added to all three channels at the centre, falling to 0 at the bounding circle
+
+    @property
+    def shaded(self) -> bool:
+        return any(self.shade) or self.glow != 0.0
 
 
 @dataclass(frozen=True)
@@ -66,9 +82,14 @@ def _random_color(rng) -> tuple[int, int, int]:
     return tuple(int(v) for v in rng.integers(0, 256, size=3))
 
 
-def random_scene(seed: int, size: int = 64) -> Scene:
-    """A scene drawn from the world with `np.random.default_rng(seed)`; the same seed gives the same scene."""
+def random_scene(seed: int, size: int = 64, shaded: float = 0.0) -> Scene:
+    """A scene drawn from the world with `np.random.default_rng(seed)`; the same seed gives the same scene.
+
+    `shaded` in [0, 1]: the probability that each shape is shaded (module docstring); the shading is drawn from
+    `np.random.default_rng([seed, SHADE_STREAM])`, so the geometry and colours are those of the flat scene."""
     size = _check_size(size)
+    if not 0.0 <= float(shaded) <= 1.0:
+        raise ValueError(f"shaded={shaded!r} is invalid: use the probability that a shape is shaded, in [0, 1]")
     rng = np.random.default_rng(seed)
     bg0 = _random_color(rng)
     if rng.random() < 0.5:
@@ -97,7 +118,36 @@ def random_scene(seed: int, size: int = 64) -> Scene:
                 continue
             break
         shapes.append(Shape(kind, cx, cy, ext, angle, aspect, color))
+    if shaded > 0:
+        shapes = [_shade(sh, srng) if srng.random() < shaded else sh
+                  for srng in [np.random.default_rng([int(seed), SHADE_STREAM])] for sh in shapes]
     return Scene(size, tuple(shapes), bg0, bg1, bg_angle)
+
+
+SHADE_STREAM = 0x5ADE
+
+
+def _shade(sh: Shape, rng) -> Shape:
+    """`sh` with a random colour field: a ramp of SHADE_RANGE in a random RGB direction and image direction, and
+    a glow of GLOW_RANGE of either sign."""
+    d = rng.normal(size=3)
+    d = d / max(float(np.linalg.norm(d)), 1e-9) * float(rng.uniform(*SHADE_RANGE))
+    glow = float(rng.uniform(*GLOW_RANGE)) * (1.0 if rng.random() < 0.5 else -1.0)
+    return dataclasses.replace(sh, shade=tuple(float(v) for v in d), shade_angle=float(rng.uniform(0, 2 * math.pi)),
+                               glow=glow)
+
+
+def shape_colors(sh: Shape, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """RGB float64 (..., 3) colour of shape `sh` at sample points (xs, ys) (pixels at the scene's size): its flat
+    colour, or a shaded shape's field (ramp + glow over its bounding radius)."""
+    base = np.asarray(sh.color, np.float64)
+    if not sh.shaded:
+        return np.broadcast_to(base, xs.shape + (3,))
+    dx, dy = xs - sh.cx, ys - sh.cy
+    r = _bound_radius(sh.kind, sh.size)
+    ramp = (dx * math.cos(sh.shade_angle) + dy * math.sin(sh.shade_angle)) / r
+    fall = 1.0 - np.minimum((dx * dx + dy * dy) / (r * r), 1.0)
+    return base + ramp[..., None] * np.asarray(sh.shade, np.float64) + (sh.glow * fall)[..., None]
 
 
 def _bound_radius(kind: str, ext: float) -> float:
@@ -166,7 +216,8 @@ def render(scene: Scene, size: int | None = None) -> np.ndarray:
     img = (1 - t) * np.asarray(scene.bg0, np.float64) + t * np.asarray(scene.bg1, np.float64)
     for sh, cov in zip(scene.shapes, _coverages(scene, size)):
         a = cov[..., None].astype(np.float64)
-        img = (1 - a) * img + a * np.asarray(sh.color, np.float64)
+        col = shape_colors(sh, xs, ys) if sh.shaded else np.asarray(sh.color, np.float64)
+        img = (1 - a) * img + a * col
     return np.clip(np.round(img), 0, 255).astype(np.uint8)
 
 
@@ -270,10 +321,11 @@ def sample_drag(seed: int, size: int = 64, mask_dilation: int = 3) -> DragCase:
                     gt_image=render(gt_scene))
 
 
-def random_batch(rng: np.random.Generator, n: int, size: int = 64) -> np.ndarray:
-    """n scenes with seeds drawn from `rng` (all < 10**9, the training range): (n, size, size, 3) uint8."""
+def random_batch(rng: np.random.Generator, n: int, size: int = 64, shaded: float = 0.0) -> np.ndarray:
+    """n scenes with seeds drawn from `rng` (all < 10**9, the training range): (n, size, size, 3) uint8.
+    `shaded`: the probability that each shape is shaded (`random_scene`)."""
     seeds = rng.integers(0, 10**9, size=n)
-    return np.stack([render(random_scene(int(s), size)) for s in seeds])
+    return np.stack([render(random_scene(int(s), size, shaded)) for s in seeds])
 
 
 # --------------------------------------------------------------------------------------------------

@@ -13,6 +13,9 @@ tensors of scene parameters:
   so training with it never meets the benchmark's held-out seeds either.
 * `random_batch(n, generator)` = render(random_scenes(...)): (n, size, size, 3) uint8 on the device.
 
+Shaded shapes (`world.random_scene(seed, shaded=p)`): a batch may carry each slot's colour field (`shade`,
+`shade_dir`, `glow`; None in a flat batch), rendered as `world.render` does, bit for bit in float64.
+
 Layout: a batch holds `S = MAX_SHAPES` shape slots per scene; `valid` (B, S) says which are used; slots
 are drawn in order (later cover earlier), as in `world.render`.
 """
@@ -50,6 +53,13 @@ class SceneBatch:
     bg0: torch.Tensor           # (B, 3) gradient start
     bg1: torch.Tensor           # (B, 3) gradient end (== bg0: flat)
     bg_dir: torch.Tensor        # (B, 2) (cos, sin) of the gradient direction
+    shade: torch.Tensor | None = None       # (B, S, 3) world.Shape.shade (None: every shape flat)
+    shade_dir: torch.Tensor | None = None   # (B, S, 2) (cos, sin) of world.Shape.shade_angle
+    glow: torch.Tensor | None = None        # (B, S) world.Shape.glow
+
+    @property
+    def shaded(self) -> bool:
+        return self.shade is not None
 
     def __len__(self) -> int:
         return int(self.valid.shape[0])
@@ -87,6 +97,15 @@ def pack(scenes, device=None, dtype: torch.dtype = torch.float64) -> SceneBatch:
     bg_dir = torch.tensor([(math.cos(sc.bg_angle), math.sin(sc.bg_angle)) for sc in scenes], dtype=torch.float64)
     f = dict(cos=fl["cos"], sin=fl["sin"], cx=fl["cx"], cy=fl["cy"], extent=fl["extent"], aspect=aspect,
              color=color, bg0=bg0, bg1=bg1, bg_dir=bg_dir)
+    if any(sh.shaded for sc in scenes for sh in sc.shapes):
+        f["shade"] = torch.zeros(B, S, 3, dtype=torch.float64)
+        f["shade_dir"] = torch.zeros(B, S, 2, dtype=torch.float64)
+        f["glow"] = torch.zeros(B, S, dtype=torch.float64)
+        for b, sc in enumerate(scenes):
+            for s, sh in enumerate(sc.shapes):
+                f["shade"][b, s] = torch.tensor(sh.shade, dtype=torch.float64)
+                f["shade_dir"][b, s, 0], f["shade_dir"][b, s, 1] = math.cos(sh.shade_angle), math.sin(sh.shade_angle)
+                f["glow"][b, s] = sh.glow
     f = {k: v.to(device=device, dtype=dtype) for k, v in f.items()}
     return SceneBatch(size=float(sizes.pop()), valid=valid.to(device), kind=kind.to(device), **f)
 
@@ -172,8 +191,24 @@ def render(batch: SceneBatch, size: int | None = None) -> torch.Tensor:
     cov = coverages(batch, size)
     for s in range(cov.shape[1]):
         a = cov[:, s, :, :, None].to(dt)
-        img = (1 - a) * img + a * batch.color[:, s].view(-1, 1, 1, 3)
+        col = _colors(batch, s, xs, ys) if batch.shaded else batch.color[:, s].view(-1, 1, 1, 3)
+        img = (1 - a) * img + a * col
     return torch.clamp(torch.round(img), 0, 255).to(torch.uint8)
+
+
+def _colors(batch: SceneBatch, s: int, xs, ys) -> torch.Tensor:
+    """(B, H, W, 3) colour field of shape slot `s` at the sample points: world.shape_colors (same operations in
+    the same order; a flat slot's zero ramp and glow leave its colour exact)."""
+    v = lambda t: t[:, s].view(-1, 1, 1)               # noqa: E731  (B, 1, 1)
+    kind, ext = batch.kind[:, s].view(-1, 1, 1), v(batch.extent)
+    r = torch.where(kind == KIND_ID["square"], ext / math.sqrt(2),
+                    torch.where(kind == KIND_ID["triangle"], ext / math.sqrt(3), ext / 2))
+    r = torch.where(batch.valid[:, s].view(-1, 1, 1), r, torch.ones_like(r))   # an empty slot (extent 0) has no field
+    dx, dy = xs - v(batch.cx), ys - v(batch.cy)
+    ramp = (dx * batch.shade_dir[:, s, 0].view(-1, 1, 1) + dy * batch.shade_dir[:, s, 1].view(-1, 1, 1)) / r
+    fall = 1.0 - torch.clamp((dx * dx + dy * dy) / (r * r), max=1.0)
+    return (batch.color[:, s].view(-1, 1, 1, 3) + ramp[..., None] * batch.shade[:, s].view(-1, 1, 1, 3)
+            + (v(batch.glow) * fall)[..., None])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -194,15 +229,18 @@ def _seg_dist(c, a, b):
 
 
 def random_scenes(n: int, generator: torch.Generator, size: int = 64,
-                  dtype: torch.dtype = torch.float64) -> SceneBatch:
+                  dtype: torch.dtype = torch.float64, shaded: float = 0.0) -> SceneBatch:
     """n scenes from the world's distribution (world.random_scene's rules), sampled on `generator`'s device.
 
     1-3 shapes of a uniformly chosen kind, extent 15-35 % of `size`, inside the image at any rotation, flat
     colours at RGB distance >= 90 from the background's colour segment and >= 70 from the scene's other
     shapes (up to 200 tries, then the last try, as world.random_scene); a flat or linear-gradient background
-    (ends > 60 apart), each half the time.
+    (ends > 60 apart), each half the time. `shaded`: the probability that a shape is shaded (world.SHADE_RANGE,
+    world.GLOW_RANGE), drawn after everything else, so shaded=0 draws exactly the flat stream.
     """
     size = W._check_size(size)
+    if not 0.0 <= float(shaded) <= 1.0:
+        raise ValueError(f"shaded={shaded!r} is invalid: use the probability that a shape is shaded, in [0, 1]")
     if n < 1:
         raise ValueError(f"n={n} is invalid: ask for at least one scene")
     g, dev, dt, S = generator, generator.device, dtype, MAX_SHAPES
@@ -243,13 +281,23 @@ def random_scenes(n: int, generator: torch.Generator, size: int = 64,
                 near = (cand - color[idx, s2]).norm(dim=-1) < W.MIN_COLOR_DIST_SHAPES
                 ok &= ~(near & valid[idx, s2])
             todo[idx[ok]] = False
+    shading = {}
+    if shaded > 0:
+        on = (torch.rand((n, S), generator=g, device=dev) < shaded) & valid
+        d = torch.randn((n, S, 3), generator=g, device=dev, dtype=dt)
+        d = d / d.norm(dim=-1, keepdim=True).clamp_min(1e-9) * _uniform((n, S), *W.SHADE_RANGE, g, dev, dt)[..., None]
+        sa = _uniform((n, S), 0.0, 2 * math.pi, g, dev, dt)
+        sign = torch.where(torch.rand((n, S), generator=g, device=dev) < 0.5, 1.0, -1.0).to(dt)
+        glow = _uniform((n, S), *W.GLOW_RANGE, g, dev, dt) * sign
+        shading = dict(shade=d * on[..., None], shade_dir=torch.stack([sa.cos(), sa.sin()], -1), glow=glow * on)
     return SceneBatch(size=float(size), valid=valid, kind=kind, cx=cx, cy=cy, extent=extent, cos=angle.cos(),
-                      sin=angle.sin(), aspect=aspect, color=color, bg0=bg0, bg1=bg1, bg_dir=bg_dir)
+                      sin=angle.sin(), aspect=aspect, color=color, bg0=bg0, bg1=bg1, bg_dir=bg_dir, **shading)
 
 
-def random_batch(n: int, generator: torch.Generator, size: int = 64, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    """n fresh scenes rendered on `generator`'s device: (n, size, size, 3) uint8."""
-    return render(random_scenes(n, generator, size, dtype))
+def random_batch(n: int, generator: torch.Generator, size: int = 64, dtype: torch.dtype = torch.float64,
+                 shaded: float = 0.0) -> torch.Tensor:
+    """n fresh scenes rendered on `generator`'s device: (n, size, size, 3) uint8 (`shaded`: random_scenes)."""
+    return render(random_scenes(n, generator, size, dtype, shaded))
 
 
 class SceneStream:
@@ -262,16 +310,17 @@ class SceneStream:
     """
 
     def __init__(self, batch: int, generator: torch.Generator, chunk: int = 1, size: int = 64,
-                 dtype: torch.dtype = torch.float64):
+                 dtype: torch.dtype = torch.float64, shaded: float = 0.0):
         if batch < 1 or chunk < 1:
             raise ValueError(f"SceneStream(batch={batch}, chunk={chunk}): use positive whole numbers")
         self.batch, self.chunk, self.size, self.dtype, self.generator = batch, chunk, size, dtype, generator
+        self.shaded = shaded
         self._buf: torch.Tensor | None = None
         self._i = chunk
 
     def next(self) -> torch.Tensor:
         if self._i >= self.chunk:
-            self._buf = random_batch(self.batch * self.chunk, self.generator, self.size, self.dtype)
+            self._buf = random_batch(self.batch * self.chunk, self.generator, self.size, self.dtype, self.shaded)
             self._i = 0
         out = self._buf[self._i * self.batch:(self._i + 1) * self.batch]
         self._i += 1
