@@ -44,8 +44,8 @@ METHODS = {
     "r_m=2 (5x5-cell patch)": dict(r_m=2),
     "r_m=3 (7x7-cell patch)": dict(r_m=3),
     "r_m=5 (11x11-cell patch)": dict(r_m=5),
-    # the official reach, step size and patch too (the demo model's drag_lr and r_m overrides are for GoodDrag)
-    "DragDiffusion (official loop)": dict(method="dragdiffusion", reach_distance=2.0, drag_lr=0.01, r_m=1),
+    # the official reach, step size, patch and feature block too (the demo model's overrides are for GoodDrag)
+    "DragDiffusion (official loop)": dict(method="dragdiffusion", reach_distance=2.0, drag_lr=0.01, r_m=1, feature_block=2),
     "GoodDrag (alternating drag and denoise)": dict(method="gooddrag"),
     "restricted tracking": dict(restrict_tracking=True),
     "warp init 0.5": dict(warp_init=0.5),
@@ -68,6 +68,8 @@ METHODS = {
     # tracks a truly moved shape better than the default up_blocks[2] on the shipped model (bench_tracking.py)
     "feature_block 1 (the 8x8 attention block)": dict(feature_block=1),
     "feature_block 1, r_m 4": dict(feature_block=1, r_m=4),
+    # the demo model's default before the fifteenth session (up_blocks[2], 7x7-cell patches)
+    "feature_block 2, r_m 3 (the default before)": dict(feature_block=2, r_m=3),
     # up to five handle points on the shape instead of one, each dragged by the same offset (what a user can click)
     "up to 5 handle points on the shape": dict(_points=5),
     # the same from the image alone, as a user gets it: dragnb.points.spread on the handle's colour region
@@ -87,6 +89,7 @@ SHORT = {"full": "full", "nolora": "no LoRA (lora_steps=0)", "nomask": "no mask 
          "lr02": "drag_lr 0.02", "lr04": "drag_lr 0.04", "lr05": "drag_lr 0.05",
          "beta15": "beta 1.5 cells", "beta2": "beta 2 cells", "beta3": "beta 3 cells",
          "fb1": "feature_block 1 (the 8x8 attention block)", "fb1rm4": "feature_block 1, r_m 4",
+         "fb2rm3": "feature_block 2, r_m 3 (the default before)",
          "points5": "up to 5 handle points on the shape", "spread5": "spread_drag: up to 5 points from the image"}
 
 
