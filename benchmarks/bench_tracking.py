@@ -1,8 +1,9 @@
 """How well a model's drag features follow a moved shape: point tracking against the shape world's exact truth.
 
-    python benchmarks/bench_tracking.py                       # the shipped model, 30 held-out cases
+    python benchmarks/bench_tracking.py                       # the shipped model's drag features, 30 held-out cases
     python benchmarks/bench_tracking.py --weights DIR --n 50 --json out.json
-    python benchmarks/bench_tracking.py --feature-block 1     # another decoder block's features
+    python benchmarks/bench_tracking.py --feature-block 2     # another decoder block's (DragDiffusion's; the demo
+                                                              # model drags on up_blocks[1] since the fifteenth session)
 
 For each held-out case (`sample_drag(seed)`, seeds >= 10**9) both the scene and its ground truth (the same scene
 with the shape moved by the drag) are inverted as a session does, without LoRA; the handle's feature of the first

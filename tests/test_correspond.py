@@ -79,12 +79,16 @@ def _tiny(out, *extra):
 def test_train_with_the_correspondence_loss_records_it_on_both_data_paths(tmp_path, monkeypatch):
     from dragnb import load_model
     from dragnb.demo import stepping, train
+    recs = {}
     for data in ("numpy", "torch"):
-        rec = train.main(_tiny(tmp_path / data, "--steps", "4", "--data", data))
+        rec = recs[data] = train.main(_tiny(tmp_path / data, "--steps", "4", "--data", data))
         assert rec["steps"] == 4 and rec["corr_weight"] == 0.5 and rec["corr_pairs"] == 2
         assert rec["corr_t"] == [600, 760] and len(rec["corr_final"]) == 2
         assert 0 < rec["corr_final"][0] < 20 and 0 <= rec["corr_final"][1] <= 1
         assert load_model(tmp_path / data, device="cpu").codec_factor == 2
+        assert rec["corr_block"] == 2                                   # DragDiffusion's block, as in the probe
+    other = train.main(_tiny(tmp_path / "b1", "--steps", "4", "--data", "numpy", "--corr-block", "1"))
+    assert other["corr_block"] == 1 and other["corr_final"] != recs["numpy"]["corr_final"]   # same data, other features
     # the update replayed from a (emulated) graph gives the eager run's weights
     from test_train import _emulated_capture
     monkeypatch.setattr(train, "_GRAPHS_ON_CPU", True)
@@ -94,6 +98,7 @@ def test_train_with_the_correspondence_loss_records_it_on_both_data_paths(tmp_pa
     assert graph["graph_replays"] == 2 and graph["graph_failure"] is None
     assert abs(graph["corr_final"][0] - eager["corr_final"][0]) < 1e-4
     for bad, match in ((["--corr-pairs", "4"], "pairs <= batch / 2"), (["--corr-t", "700", "600"], "LO < HI"),
-                       (["--corr-weight", "-1"], "weight >= 0"), (["--corr-tau", "0"], "positive temperature")):
+                       (["--corr-weight", "-1"], "weight >= 0"), (["--corr-tau", "0"], "positive temperature"),
+                       (["--corr-block", "9"], "--corr-block 9 is invalid")):
         with pytest.raises(ValueError, match=match):
             train.main(_tiny(tmp_path / "x", "--steps", "1", *bad))

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from dragnb import ddim
 from dragnb.demo import model as M
@@ -60,7 +59,7 @@ def x0_psnr_by_level(unet, sched, emb, factor: int, n: int = 16, timesteps=TIMES
         row = dict(t=int(t), abar=float(a))
         if sched.config.prediction_type == "v_prediction":
             row["v_mse"] = float(((out - (a.sqrt() * noise - (1 - a).sqrt() * x0)) ** 2).mean())
-        rec = M.tensor_to_uint8(F.pixel_shuffle(x0p, factor))
+        rec = M.tensor_to_uint8(M.decode(x0p, factor))
         scenes = [float(psnr(r, s)) for r, s in zip(rec, src)]
         row["x0_psnr"] = float(np.mean(scenes))
         if per_scene:
@@ -93,7 +92,7 @@ def samples_from_noise(unet, sched, emb, factor: int, n: int = 64, seed: int = 0
     out = []
     for i in range(0, n, batch):
         x = ddim.sample(fn, sched, z[i:i + batch].to(dev), n_steps)[-1]
-        out.append(M.tensor_to_uint8(F.pixel_shuffle(x.float().cpu(), factor)))
+        out.append(M.tensor_to_uint8(M.decode(x.float().cpu(), factor)))
     return np.concatenate(out)
 
 

@@ -193,7 +193,7 @@ def parse_args(argv=None):
                         "strength's timestep: 681 at 0.7), the rest from the whole range")
     p.add_argument("--t-focus-prob", type=float, default=0.0)
     p.add_argument("--corr-weight", type=float, default=0.0,
-                   help="weight of a feature-correspondence loss on the drag's decoder features (dragnb.demo.correspond: "
+                   help="weight of a feature-correspondence loss on decoder features (--corr-block; dragnb.demo.correspond: "
                         "pairs of a scene and the same scene with its top shape moved; the true point must be the "
                         "nearest in L1 among all grid cells); 0 = off")
     p.add_argument("--corr-pairs", type=int, default=8,
@@ -202,6 +202,9 @@ def parse_args(argv=None):
                    help="with --corr-weight: the pairs' noise levels, drawn in [LO, HI) (the demo's drag runs "
                         "from t = 741 down to 621)")
     p.add_argument("--corr-tau", type=float, default=0.1, help="with --corr-weight: the InfoNCE temperature")
+    p.add_argument("--corr-block", type=int, default=2,
+                   help="with --corr-weight: the decoder block whose output the loss reads (default 2, DragDiffusion's "
+                        "and the fourteenth session's probe; the demo model drags on 1 since the fifteenth)")
     p.add_argument("--shaded", type=float, default=0.0,
                    help="probability that each shape of a training scene is shaded (dragnb.demo.world: a colour ramp "
                         "and a brighter or darker centre that move with the shape); 0 = the flat world, as shipped")
@@ -320,6 +323,9 @@ def main(argv=None) -> dict:
         scenes = SceneStream(batch, gdev, chunk, shaded=args.shaded)
 
     unet, factor, init_info = build_unet(args, device)
+    if args.corr_weight > 0 and not 0 <= args.corr_block < len(unet.up_blocks):
+        raise ValueError(f"--corr-block {args.corr_block} is invalid: this UNet has {len(unet.up_blocks)} decoder blocks, "
+                         f"use 0..{len(unet.up_blocks) - 1}")
     ema = copy.deepcopy(unet).eval().requires_grad_(False)
     sched = M.build_demo_scheduler()
     unet._sched = ema._sched = sched  # used by the figure helpers
@@ -376,6 +382,7 @@ def main(argv=None) -> dict:
                 "t_focus": args.t_focus, "t_focus_prob": args.t_focus_prob,
                 **({"shaded": args.shaded} if args.shaded else {}),
                 **({} if not corr else {"corr_weight": args.corr_weight, "corr_pairs": n_pairs, "corr_t": list(args.corr_t),
+                                        "corr_block": args.corr_block,
                                         "corr_tau": args.corr_tau,
                                         "corr_final": [round(float(np.mean(c)), 4) for c in zip(*corr_log[-200:])] or None}),
                 "compile": args.compile, "cuda_graph": args.cuda_graph, "deterministic": args.deterministic,
@@ -404,7 +411,7 @@ def main(argv=None) -> dict:
         weight cache under --cuda-graph (a graph cannot hold it; the values are the same)."""
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16",
                             cache_enabled=not args.cuda_graph):
-            with capture_block_output(unet, 2) if corr else contextlib.nullcontext({}) as store:
+            with capture_block_output(unet, args.corr_block) if corr else contextlib.nullcontext({}) as store:
                 pred = fwd(xt, t, emb.expand(batch, -1, -1)).sample
         per = ((pred.float() - v) ** 2).mean(dim=(1, 2, 3))
         mse = per.mean()
