@@ -29,6 +29,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from dragnb.demo.world import sample_drag, score_edit  # noqa: E402
 
 BENCH_SEED0 = 10**9
+FORM_OK = 0.85           # a result whose form (score_edit) reaches this is still its shape (fidelity.FIT_IOU)
 
 METHODS = {
     "full": {},
@@ -168,6 +169,9 @@ def summarise(rows: list[dict]) -> dict:
     out = dict(n=len(rows), dist=float(d.mean()), dist_frac=float(f.mean()), dist_frac_median=float(np.median(f)),
                iou=float(iou.mean()), bg_psnr=float(np.median(bg)), bg_psnr_mean=float(bg.mean()),
                lost=int(sum(r["lost"] for r in rows)), within_15pct=float((f <= 0.15).mean()))
+    if "form" in rows[0]:       # rows written before the form measure have none
+        form = np.array([r["form"] for r in rows])
+        out.update(form=float(form.mean()), form_ok=float((form >= FORM_OK).mean()))
     if "seconds" in rows[0]:
         out["seconds"] = float(np.mean([r["seconds"] for r in rows]))
         out["steps"] = float(np.mean([r["steps"] for r in rows]))
@@ -176,14 +180,15 @@ def summarise(rows: list[dict]) -> dict:
 
 def fmt_table(results: dict) -> str:
     head = ("| method | n | dist px (mean) | dist / drag (mean) | dist / drag (median) | ≤ 15 % of drag | IoU (mean) "
-            "| bg PSNR dB (median) | shape lost | s/edit | drag steps |")
-    lines = [head, "|" + "---|" * 11]
+            f"| form (mean) | form ≥ {FORM_OK} | bg PSNR dB (median) | shape lost | s/edit | drag steps |")
+    lines = [head, "|" + "---|" * 13]
     for name, s in results.items():
         sec = f"{s['seconds']:.1f}" if "seconds" in s else "–"
         st = f"{s['steps']:.0f}" if "steps" in s else "–"
         bg = "∞" if s["bg_psnr"] >= 99 else f"{s['bg_psnr']:.1f}"
+        form = f"{s['form']:.2f} | {100 * s['form_ok']:.0f} %" if "form" in s else "– | –"
         lines.append(f"| {name} | {s['n']} | {s['dist']:.2f} | {s['dist_frac']:.2f} | {s['dist_frac_median']:.2f} | "
-                     f"{100 * s['within_15pct']:.0f} % | {s['iou']:.2f} | {bg} | {s['lost']} | {sec} | {st} |")
+                     f"{100 * s['within_15pct']:.0f} % | {s['iou']:.2f} | {form} | {bg} | {s['lost']} | {sec} | {st} |")
     return "\n".join(lines)
 
 
@@ -254,7 +259,8 @@ def main(argv=None) -> dict:
             r.update(seconds=sec, steps=steps, seed=c.seed)
             rows_by[m].append(r)
             print(f"[{SHORT[m]}] case {i + 1} seed {c.seed}: dist {r['dist']:.2f} px ({r['dist_frac']:.2f} of "
-                  f"{c.drag_length:.1f}), IoU {r['iou']:.2f}, bg {r['bg_psnr']:.1f} dB, {sec:.1f} s, {steps} steps",
+                  f"{c.drag_length:.1f}), IoU {r['iou']:.2f}, form {r['form']:.2f}, bg {r['bg_psnr']:.1f} dB, {sec:.1f} s, "
+                  f"{steps} steps",
                   flush=True)
     if args.workers > 1:
         pool.close()

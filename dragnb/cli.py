@@ -137,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--weights", default=None, metavar="DIR",
                    help="a demo-model weights folder to use instead of the shipped one (written by "
                         "`python -m dragnb.demo.train --out DIR` or `benchmarks/gpu_train.sh --unpack`)")
+    d.add_argument("--spread", type=_spread_count, default=1, metavar="N",
+                   help="N points on the dragged shape instead of one, each moved by the drag's offset, so the shape "
+                        "moves whole (DragSession.spread_drag, the editor's Spread button; default 1: the preset drag)")
 
     e = sub.add_parser("edit", help="drag points of an image",
                        description="Drag handle points of IMAGE to targets and write the edited image plus a JSON "
@@ -392,7 +395,7 @@ def main(argv=None) -> int:
             from .demo.run import check_weights_folder, run_demo
             if a.weights is not None:
                 check_weights_folder(a.weights, option="--weights")
-            rec = run_demo(a.out, steps=a.steps, weights=a.weights)
+            rec = run_demo(a.out, steps=a.steps, weights=a.weights, spread=a.spread)
             print(json.dumps({k: rec[k] for k in rec if k in ("timings_s", "final_handles", "drags")}, indent=1))
             print(f"wrote before.png, after.png, drag.gif, record.json into {a.out}")
             return 0

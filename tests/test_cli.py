@@ -165,6 +165,7 @@ def test_output_paths_are_checked_before_the_work(files, capsys, no_model_work):
     one_line_error(capsys, main(["demo", "--out", str(files / "d"), "--weights", str(files / "folder")]),
                    "--weights", "not a demo-model weights folder", "dragnb_demo.json")
     one_line_error(capsys, main(["demo", "--out", str(files / "d"), "--weights", str(files / "missing")]), "--weights")
+    one_line_error(capsys, main(["demo", "--out", str(files / "d"), "--spread", "9"]), "--spread", "1 to 5")
     assert sorted(p.name for p in files.iterdir()) == ["a_file.txt", "folder", "in.png", "notes.png"]
     assert not any((files / "folder").iterdir())
 

@@ -180,6 +180,24 @@ def test_demo_command_runs_other_weights(tmp_path, capsys):
     rec = json.loads((tmp_path / "out" / "record.json").read_text())
     assert rec["model"] == str(copy.resolve()) and rec["steps"] <= 2
     assert (tmp_path / "out" / "after.png").exists()
+    assert len(rec["drags"]) == 1 and 0 <= rec["score"]["form"] <= 1
+
+
+def test_demo_spread_drags_more_points_of_the_shape(tmp_path):
+    """`python -m dragnb demo --spread 5`: the preset drag plus points on the dragged shape, each moved by the same
+    offset (DragSession.spread_drag); the record lists them all. Bad counts are refused before any model work."""
+    import json
+    from dragnb.cli import main
+    from dragnb.demo.run import demo_case, run_demo
+    assert main(["demo", "--out", str(tmp_path / "out"), "--steps", "2", "--spread", "5"]) == 0
+    rec = json.loads((tmp_path / "out" / "record.json").read_text())
+    case = demo_case()
+    assert 2 <= len(rec["drags"]) <= 5 and rec["drags"][0] == dict(handle=list(case.handle), target=list(case.target))
+    for d in rec["drags"]:
+        assert np.allclose(np.subtract(d["target"], d["handle"]), case.offset)
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match="spread="):
+            run_demo(tmp_path / "bad", spread=bad)
 
 
 def test_sharded_weights_load_like_one_file(tmp_path):

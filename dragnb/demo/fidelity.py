@@ -186,12 +186,16 @@ def _initial(kind: str, comp: np.ndarray):
     return cx, cy, 2 * a * math.sqrt(area / (math.pi * a * b)), angle, float(np.clip(b / a, 0.2, 1.0))
 
 
-def fit_shape(comp: np.ndarray, known: np.ndarray | None = None) -> tuple[str, float, dict]:
-    """Best primitive for a component mask: (kind, IoU, parameters). `known`: pixels that count (default all)."""
+def fit_shape(comp: np.ndarray, known: np.ndarray | None = None,
+              kinds=("circle", "square", "triangle", "ellipse")) -> tuple[str, float, dict]:
+    """Best primitive for a component mask: (kind, IoU, parameters). `known`: pixels that count (default all);
+    `kinds`: the primitives tried (default all four)."""
     h, w = comp.shape
     known = np.ones_like(comp) if known is None else known
     best = ("none", 0.0, {})
-    for kind in ("circle", "square", "triangle", "ellipse"):
+    if not comp.any():
+        return best
+    for kind in kinds:
         cx, cy, size, angle, aspect = _initial(kind, comp)
         # 1. orientation (squares and triangles have no second-moment orientation): a coarse sweep
         period = {"square": math.pi / 2, "triangle": 2 * math.pi / 3}.get(kind)

@@ -50,7 +50,7 @@ def check_weights_folder(weights, option: str = "weights=") -> None:
                          "give such a folder, or leave it out for the shipped weights")
 
 
-def run_demo(out_dir, model=None, steps: int | None = None, gif_every: int = 4, weights=None) -> dict:
+def run_demo(out_dir, model=None, steps: int | None = None, gif_every: int = 4, weights=None, spread: int = 1) -> dict:
     """Edit the fixed demo scene with its preset drag and mask; write before.png, after.png, drag.gif,
     record.json under `out_dir` and return the record (drags, final handles, scores, timings per stage).
 
@@ -61,6 +61,8 @@ def run_demo(out_dir, model=None, steps: int | None = None, gif_every: int = 4, 
         gif_every: draw a GIF frame (one `preview()`) every this many steps.
         weights: with `model` None, a folder in the demo model's layout to load instead of the shipped weights
             (written by `python -m dragnb.demo.train --out DIR` or `benchmarks/gpu_train.sh --unpack`).
+        spread: with n > 1, `DragSession.spread_drag(0, n)` adds up to n - 1 more handle points on the dragged
+            shape before the run, each moved by the drag's offset (what the editor's Spread button does).
     """
     import torch
 
@@ -69,6 +71,8 @@ def run_demo(out_dir, model=None, steps: int | None = None, gif_every: int = 4, 
         raise ValueError(f"steps={steps} is invalid: use at least 1 drag step (or None for the model's default)")
     if int(gif_every) < 1:
         raise ValueError(f"gif_every={gif_every} is invalid: use at least 1")
+    if isinstance(spread, bool) or not isinstance(spread, (int, np.integer)) or spread < 1:
+        raise ValueError(f"spread={spread!r} is invalid: use a whole number of handle points >= 1 (1: the one preset drag)")
     if weights is not None and model is None:
         check_weights_folder(weights)
     out = Path(out_dir)
@@ -84,6 +88,8 @@ def run_demo(out_dir, model=None, steps: int | None = None, gif_every: int = 4, 
     s = DragSession(model, case.image, seed=0, config=cfg)
     s.add_drag(handle=case.handle, target=case.target)
     s.set_mask(case.mask)
+    if spread > 1:
+        s.spread_drag(0, int(spread))
     Image.fromarray(case.image).save(out / "before.png")
 
     # prepare's callback fires after each unit of work: the time since the previous call belongs to its stage
@@ -129,7 +135,8 @@ def run_demo(out_dir, model=None, steps: int | None = None, gif_every: int = 4, 
         final_handles=[list(h) for h in s.handles], steps=s.n_steps, reached=s.reached, stop_reason=s.stop_reason,
         config=s.config.to_dict(),
         score=dict(dist_px=round(score["dist"], 3), dist_frac=round(score["dist_frac"], 3), iou=round(score["iou"], 3),
-                   bg_psnr_db=round(score["bg_psnr"], 2), centroid=[round(v, 2) for v in score["centroid"]]),
+                   bg_psnr_db=round(score["bg_psnr"], 2), form=round(score["form"], 3),
+                   centroid=[round(v, 2) for v in score["centroid"]]),
         figures=dict(before="before.png", after="after.png", gif="drag.gif", gif_frames=len(frames)),
         timings_s={k: round(v, 3) for k, v in timings.items()},
     )

@@ -348,6 +348,9 @@ def score_edit(image: np.ndarray, case: DragCase) -> dict:
       moved (dist = drag length) and `lost` is True.
     dist_frac: dist / drag length.   iou: IoU of the segmented shape with the true moved shape.
     bg_psnr: PSNR (dB) of the pixels outside the mask against the input (= the ground truth there).
+    form: whether the result is still the shape, wherever it landed: IoU of the segmented pixels with the best
+      primitive of the shape's own kind placed anywhere, at any size and rotation (`fidelity.fit_shape`; 0 when
+      lost). A smear or a blob of the right colour scores low even where it overlaps the target.
     """
     image = np.asarray(image)
     if image.shape != case.image.shape:
@@ -364,6 +367,8 @@ def score_edit(image: np.ndarray, case: DragCase) -> dict:
         dist, lost = L, True
     gt = shape_mask(case.gt_scene, case.index)
     iou = float((seg & gt).sum() / max(1, (seg | gt).sum()))
+    from dragnb.demo.fidelity import fit_shape
+    form = fit_shape(seg, kinds=(case.scene.shapes[case.index].kind,))[1]
     out = ~case.mask
     return dict(dist=float(dist), dist_frac=float(dist / L), iou=iou, bg_psnr=psnr(image[out], case.image[out]),
-                centroid=(float(cx), float(cy)), lost=lost)
+                centroid=(float(cx), float(cy)), lost=lost, form=float(form))
