@@ -75,6 +75,8 @@ METHODS = {
     "up to 5 handle points on the shape": dict(_points=5),
     # the same from the image alone, as a user gets it: dragnb.points.spread on the handle's colour region
     "spread_drag: up to 5 points from the image": dict(_spread=5),
+    # the same in half GoodDrag's budget (5 rounds a timestep instead of 10: 105 steps): most spread drags use all 210
+    "spread_drag, 5 rounds (105 steps)": dict(_spread=5, rounds=5, drag_steps=105),
 }
 SHORT = {"full": "full", "nolora": "no LoRA (lora_steps=0)", "nomask": "no mask term (lam=0)",
          "nomutual": "no mutual self-attention", "steps20": "20 drag steps",
@@ -91,7 +93,8 @@ SHORT = {"full": "full", "nolora": "no LoRA (lora_steps=0)", "nomask": "no mask 
          "beta15": "beta 1.5 cells", "beta2": "beta 2 cells", "beta3": "beta 3 cells",
          "fb1": "feature_block 1 (the 8x8 attention block)", "fb1rm4": "feature_block 1, r_m 4",
          "fb2rm3": "feature_block 2, r_m 3 (the default before)",
-         "points5": "up to 5 handle points on the shape", "spread5": "spread_drag: up to 5 points from the image"}
+         "points5": "up to 5 handle points on the shape", "spread5": "spread_drag: up to 5 points from the image",
+         "spread5r5": "spread_drag, 5 rounds (105 steps)"}
 
 
 def run_methods(model, case, overrides_list: list[dict], seed: int = 0) -> list[tuple]:

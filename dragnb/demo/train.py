@@ -7,9 +7,10 @@ Fresh random scenes every step (`--data torch`: drawn and rasterised by `dragnb.
 training device; `--data numpy`: `dragnb.demo.world` on the CPU, scene seeds < 10**9; benchmark seeds are
 >= 10**9), v-prediction MSE (optionally min-SNR-weighted, `--min-snr`, and with part of each batch's
 timesteps drawn below `--t-focus`; with `--corr-weight`, plus a feature-correspondence loss on scene pairs,
-`dragnb.demo.correspond`; with `--shaded P`, a fraction P of the shapes shaded, `dragnb.demo.world`), AdamW with warm-up then cosine decay, EMA of the weights (the EMA is
-what ships, in fp16, as safetensors shards under `--shard-size`). Every `--ckpt-minutes` the current EMA is
-written to `--out` in the layout `load_model(folder)` reads, so a usable model exists early; at the end,
+`dragnb.demo.correspond`; with `--shaded P`, a fraction P of the shapes shaded, `dragnb.demo.world`), AdamW
+with warm-up then cosine decay, EMA of the weights (the EMA is what ships, in fp16, as safetensors shards under
+`--shard-size`). Every `--ckpt-minutes` the current EMA is written to `--out` in the layout `load_model(folder)`
+reads, so a usable model exists early; at the end,
 figures go to `--figures` (training curve, loss.csv, samples from noise, DDIM inversion round trip,
 summary.json with the x0 PSNR per noise level and the samples' shape fidelity).
 

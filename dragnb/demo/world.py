@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dragnb.demo.fidelity import fit_shape
 from dragnb.metrics import psnr  # noqa: F401  (re-exported: dragnb.demo.world.psnr)
 
 KINDS = ("circle", "square", "triangle", "ellipse")
@@ -119,8 +120,8 @@ def random_scene(seed: int, size: int = 64, shaded: float = 0.0) -> Scene:
             break
         shapes.append(Shape(kind, cx, cy, ext, angle, aspect, color))
     if shaded > 0:
-        shapes = [_shade(sh, srng) if srng.random() < shaded else sh
-                  for srng in [np.random.default_rng([int(seed), SHADE_STREAM])] for sh in shapes]
+        srng = np.random.default_rng([int(seed), SHADE_STREAM])
+        shapes = [_shade(sh, srng) if srng.random() < shaded else sh for sh in shapes]
     return Scene(size, tuple(shapes), bg0, bg1, bg_angle)
 
 
@@ -367,7 +368,6 @@ def score_edit(image: np.ndarray, case: DragCase) -> dict:
         dist, lost = L, True
     gt = shape_mask(case.gt_scene, case.index)
     iou = float((seg & gt).sum() / max(1, (seg | gt).sum()))
-    from dragnb.demo.fidelity import fit_shape
     form = fit_shape(seg, kinds=(case.scene.shapes[case.index].kind,))[1]
     out = ~case.mask
     return dict(dist=float(dist), dist_frac=float(dist / L), iou=iou, bg_psnr=psnr(image[out], case.image[out]),
