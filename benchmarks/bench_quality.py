@@ -69,14 +69,16 @@ METHODS = {
     # tracks a truly moved shape better than the default up_blocks[2] on the shipped model (bench_tracking.py)
     "feature_block 1 (the 8x8 attention block)": dict(feature_block=1),
     "feature_block 1, r_m 4": dict(feature_block=1, r_m=4),
-    # the demo model's default before the fifteenth session (up_blocks[2], 7x7-cell patches)
-    "feature_block 2, r_m 3 (the default before)": dict(feature_block=2, r_m=3),
+    # the demo model's default before the fifteenth session (up_blocks[2], 7x7-cell patches, 10 rounds a timestep)
+    "feature_block 2, r_m 3 (the default before)": dict(feature_block=2, r_m=3, rounds=10),
     # up to five handle points on the shape instead of one, each dragged by the same offset (what a user can click)
     "up to 5 handle points on the shape": dict(_points=5),
     # the same from the image alone, as a user gets it: dragnb.points.spread on the handle's colour region
     "spread_drag: up to 5 points from the image": dict(_spread=5),
     # the same in half GoodDrag's budget (5 rounds a timestep instead of 10: 105 steps): most spread drags use all 210
     "spread_drag, 5 rounds (105 steps)": dict(_spread=5, rounds=5, drag_steps=105),
+    "5 rounds a timestep (105 steps)": dict(rounds=5, drag_steps=105),
+    "10 rounds a timestep (210 steps)": dict(rounds=10, drag_steps=210),
 }
 SHORT = {"full": "full", "nolora": "no LoRA (lora_steps=0)", "nomask": "no mask term (lam=0)",
          "nomutual": "no mutual self-attention", "steps20": "20 drag steps",
@@ -94,7 +96,8 @@ SHORT = {"full": "full", "nolora": "no LoRA (lora_steps=0)", "nomask": "no mask 
          "fb1": "feature_block 1 (the 8x8 attention block)", "fb1rm4": "feature_block 1, r_m 4",
          "fb2rm3": "feature_block 2, r_m 3 (the default before)",
          "points5": "up to 5 handle points on the shape", "spread5": "spread_drag: up to 5 points from the image",
-         "spread5r5": "spread_drag, 5 rounds (105 steps)"}
+         "spread5r5": "spread_drag, 5 rounds (105 steps)", "r5": "5 rounds a timestep (105 steps)",
+         "r10": "10 rounds a timestep (210 steps)"}
 
 
 def run_methods(model, case, overrides_list: list[dict], seed: int = 0) -> list[tuple]:

@@ -2,8 +2,8 @@
 
 One handle pulls the features around it; on a large flat region the rest lags behind and the region stretches. More
 handle points on the same region, each dragged by the same offset, tell the method which pixels belong together.
-On the shape world's 50 held-out drags, `spread` takes the default method from 0.27 of the drag left and IoU 0.54 to
-0.14 and 0.66, in about four times the drag steps (`benchmarks/bench_quality.py`, the `spread5` variant;
+On the shape world's 50 held-out drags, `spread` takes the default method from 0.26 of the drag left and IoU 0.52 to
+0.15 and 0.66, in about 2.5 times the drag steps (`benchmarks/bench_quality.py`, the `spread5` variant;
 benchmarks/README, "More handle points").
 
     from dragnb.points import region_at, spread

@@ -80,6 +80,12 @@ DEMO_CONFIG_OVERRIDES = dict(
     # (benchmarks/README.md, "Another block's features track better")
     feature_block=1,
     r_m=4,
+    # GoodDrag's drag in 5 rounds a timestep instead of 10 (105 updates in all instead of 210), since the fifteenth
+    # session: one handle rarely needs more (median 37 steps), and with up to five points (spread_drag), where most
+    # drags used all 210, the same quality in about half the steps. On 100 held-out cases with one handle, paired
+    # against 10 rounds: -0.012 +- 0.016 of the drag left, -0.001 +- 0.015 IoU; spread_drag on the benchmark's 50:
+    # +0.006 +- 0.007 and +0.005 +- 0.011, 82 steps instead of 153 (benchmarks/README.md, "More handle points")
+    rounds=5,
     # SD-1.5 starts mutual self-attention at transformer block 10 of 16 (its up-path blocks);
     # this UNet has 4 (down 0, mid 1, up 2, 3): start at its up path.
     attn_start_layer=2,
