@@ -46,7 +46,8 @@ METHODS = {
     "r_m=3 (7x7-cell patch)": dict(r_m=3),
     "r_m=5 (11x11-cell patch)": dict(r_m=5),
     # the official reach, step size, patch and feature block too (the demo model's overrides are for GoodDrag)
-    "DragDiffusion (official loop)": dict(method="dragdiffusion", reach_distance=2.0, drag_lr=0.01, r_m=1, feature_block=2),
+    "DragDiffusion (official loop)": dict(method="dragdiffusion", reach_distance=2.0, drag_lr=0.01, r_m=1,
+                                          feature_block=2),
     "GoodDrag (alternating drag and denoise)": dict(method="gooddrag"),
     "restricted tracking": dict(restrict_tracking=True),
     "warp init 0.5": dict(warp_init=0.5),
@@ -265,9 +266,8 @@ def main(argv=None) -> dict:
             r.update(seconds=sec, steps=steps, seed=c.seed)
             rows_by[m].append(r)
             print(f"[{SHORT[m]}] case {i + 1} seed {c.seed}: dist {r['dist']:.2f} px ({r['dist_frac']:.2f} of "
-                  f"{c.drag_length:.1f}), IoU {r['iou']:.2f}, form {r['form']:.2f}, bg {r['bg_psnr']:.1f} dB, {sec:.1f} s, "
-                  f"{steps} steps",
-                  flush=True)
+                  f"{c.drag_length:.1f}), IoU {r['iou']:.2f}, form {r['form']:.2f}, bg {r['bg_psnr']:.1f} dB, "
+                  f"{sec:.1f} s, {steps} steps", flush=True)
     if args.workers > 1:
         pool.close()
         pool.join()
@@ -278,7 +278,8 @@ def main(argv=None) -> dict:
     print(fmt_table(results))
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump(dict(summary=results, rows=rows_all, config=model.default_config().to_dict(), first_seed=args.first_seed), fh, indent=1,
+            json.dump(dict(summary=results, rows=rows_all, config=model.default_config().to_dict(),
+                           first_seed=args.first_seed), fh, indent=1,
                       default=lambda o: None if isinstance(o, float) and math.isnan(o) else str(o))
     return results
 

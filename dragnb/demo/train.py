@@ -553,8 +553,7 @@ def main(argv=None) -> dict:
             left = (budget - el) if budget is not None else (last - step) * el / step
             sp = split.read()
             where = "" if sp is None else f" (data {sp[0] * 1e3:.1f} ms, model {sp[1] * 1e3:.1f} ms)"
-            cl = "" if not corr else (f" corr {np.mean([c for c, _ in corr_log[-args.log_every:]]):.3f}"
-                                      f" acc {np.mean([q for _, q in corr_log[-args.log_every:]]):.2f}")
+            cl = "" if not corr else " corr {:.3f} acc {:.2f}".format(*np.mean(corr_log[-args.log_every:], axis=0))
             print(f"step {step}/{total or '?'} loss {recent:.4f}{cl} lr {lr_at(step - 1):.2e} "
                   f"{el / step:.3f} s/step{where} elapsed {el / 60:.1f} min left {left / 60:.1f} min", flush=True)
         if time.time() - last_ckpt > args.ckpt_minutes * 60:

@@ -70,6 +70,12 @@ def _check_size(size) -> int:
     return int(size)
 
 
+def _check_shaded(shaded) -> float:
+    if not 0.0 <= float(shaded) <= 1.0:
+        raise ValueError(f"shaded={shaded!r} is invalid: use the probability that a shape is shaded, in [0, 1]")
+    return float(shaded)
+
+
 def _seg_dist(c, a, b) -> float:
     """Distance of colour c from the RGB segment a-b (the colours a gradient background takes)."""
     c, a, b = (np.asarray(v, float) for v in (c, a, b))
@@ -88,9 +94,7 @@ def random_scene(seed: int, size: int = 64, shaded: float = 0.0) -> Scene:
 
     `shaded` in [0, 1]: the probability that each shape is shaded (module docstring); the shading is drawn from
     `np.random.default_rng([seed, SHADE_STREAM])`, so the geometry and colours are those of the flat scene."""
-    size = _check_size(size)
-    if not 0.0 <= float(shaded) <= 1.0:
-        raise ValueError(f"shaded={shaded!r} is invalid: use the probability that a shape is shaded, in [0, 1]")
+    size, shaded = _check_size(size), _check_shaded(shaded)
     rng = np.random.default_rng(seed)
     bg0 = _random_color(rng)
     if rng.random() < 0.5:

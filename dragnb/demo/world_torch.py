@@ -141,6 +141,12 @@ def _bound_radius(kind: int, extent: torch.Tensor) -> torch.Tensor:
     return extent / 2
 
 
+def _bound_radii(kind: torch.Tensor, extent: torch.Tensor) -> torch.Tensor:
+    """world._bound_radius elementwise over tensors of kind ids and extents (any equal shapes)."""
+    return torch.where(kind == KIND_ID["square"], extent / math.sqrt(2),
+                       torch.where(kind == KIND_ID["triangle"], extent / math.sqrt(3), extent / 2))
+
+
 def coverages(batch: SceneBatch, size: int | None = None) -> torch.Tensor:
     """(B, S, size, size) float32 fractional coverage of each shape slot (4×4 supersampling; 0 for empty slots).
 
@@ -200,9 +206,7 @@ def _colors(batch: SceneBatch, s: int, xs, ys) -> torch.Tensor:
     """(B, H, W, 3) colour field of shape slot `s` at the sample points: world.shape_colors (same operations in
     the same order; a flat slot's zero ramp and glow leave its colour exact)."""
     v = lambda t: t[:, s].view(-1, 1, 1)               # noqa: E731  (B, 1, 1)
-    kind, ext = batch.kind[:, s].view(-1, 1, 1), v(batch.extent)
-    r = torch.where(kind == KIND_ID["square"], ext / math.sqrt(2),
-                    torch.where(kind == KIND_ID["triangle"], ext / math.sqrt(3), ext / 2))
+    r = _bound_radii(batch.kind[:, s].view(-1, 1, 1), v(batch.extent))
     r = torch.where(batch.valid[:, s].view(-1, 1, 1), r, torch.ones_like(r))   # an empty slot (extent 0) has no field
     dx, dy = xs - v(batch.cx), ys - v(batch.cy)
     ramp = (dx * batch.shade_dir[:, s, 0].view(-1, 1, 1) + dy * batch.shade_dir[:, s, 1].view(-1, 1, 1)) / r
@@ -238,9 +242,7 @@ def random_scenes(n: int, generator: torch.Generator, size: int = 64,
     (ends > 60 apart), each half the time. `shaded`: the probability that a shape is shaded (world.SHADE_RANGE,
     world.GLOW_RANGE), drawn after everything else, so shaded=0 draws exactly the flat stream.
     """
-    size = W._check_size(size)
-    if not 0.0 <= float(shaded) <= 1.0:
-        raise ValueError(f"shaded={shaded!r} is invalid: use the probability that a shape is shaded, in [0, 1]")
+    size, shaded = W._check_size(size), W._check_shaded(shaded)
     if n < 1:
         raise ValueError(f"n={n} is invalid: ask for at least one scene")
     g, dev, dt, S = generator, generator.device, dtype, MAX_SHAPES
@@ -263,8 +265,7 @@ def random_scenes(n: int, generator: torch.Generator, size: int = 64,
     angle = _uniform((n, S), 0.0, 2 * math.pi, g, dev, dt)
     angle = torch.where(kind == KIND_ID["circle"], torch.zeros_like(angle), angle)
     aspect = torch.where(kind == KIND_ID["ellipse"], _uniform((n, S), 0.45, 0.75, g, dev, dt), torch.ones_like(angle))
-    r = torch.where(kind == KIND_ID["square"], extent / math.sqrt(2),
-                    torch.where(kind == KIND_ID["triangle"], extent / math.sqrt(3), extent / 2))
+    r = _bound_radii(kind, extent)
     cx = r + torch.rand((n, S), generator=g, device=dev, dtype=dt) * (size - 2 * r)
     cy = r + torch.rand((n, S), generator=g, device=dev, dtype=dt) * (size - 2 * r)
     color = torch.zeros(n, S, 3, device=dev, dtype=dt)

@@ -14,8 +14,8 @@ reset it (the result view goes back to the input), a new mask keeps its steps. A
 session becomes a message in the status line and the widget goes back to the session's state.
 
 Keyboard (when one of the editor's images has the focus; ipycanvas' `on_key_down`): Enter runs, Space steps,
-Esc stops, P/M/E switch Points/Mask/Erase, S spreads the last drag (Spread), Ctrl-Z/Ctrl-Y undo/redo (`handle_key_down`). The words and the
-layout pieces live in `editor_parts`.
+Esc stops, P/M/E switch Points/Mask/Erase, S spreads the last drag (Spread), Ctrl-Z/Ctrl-Y undo/redo
+(`handle_key_down`). The words and the layout pieces live in `editor_parts`.
 """
 from __future__ import annotations
 
@@ -187,7 +187,7 @@ class DragEditor(EditorJobs, widgets.VBox):
             if self.canvas.interactive:
                 self.mode.value = action
             return
-        if action in ("undo", "redo", "spread") and self.busy:
+        if action in ("undo", "redo") and self.busy:          # spread() refuses a busy editor itself
             return self.say("busy: press Stop first", error=True)
         getattr(self, action)()
 

@@ -28,7 +28,8 @@ KEYS = {"enter": "run", " ": "step", "escape": "stop", "p": "points", "m": "mask
 CTRL_KEYS = {"z": "undo", "y": "redo"}
 
 KEYS_HELP = ("Keyboard (click the image first, so the editor has the focus): Enter = Run, Space = Step, "
-             "Esc = Stop, P / M / E = Points / Mask / Erase, S = Spread the last drag, Ctrl-Z = Undo, Ctrl-Y (or Ctrl-Shift-Z) = Redo")
+             "Esc = Stop, P / M / E = Points / Mask / Erase, S = Spread the last drag, Ctrl-Z = Undo, "
+             "Ctrl-Y (or Ctrl-Shift-Z) = Redo")
 
 ERROR_COLOR = "var(--jp-error-color1, #d32f2f)"
 """Red of refused input; ordinary status text takes the notebook's own colour (light and dark themes)."""
